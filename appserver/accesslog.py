@@ -1,0 +1,86 @@
+"""The access log: one line per answered request, through ``logging``.
+
+Logger ``appserver.access``; ``--access_log_format`` picks ``combined`` (the
+Apache/nginx combined format plus latency and port), ``json`` (one object per
+line, for log shippers) or ``off``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+from tornado import httputil
+
+logger = logging.getLogger("appserver.access")
+
+_clf_cache: list[Any] = [0, ""]
+
+
+def _clf_time() -> str:
+    now = int(time.time())
+    if _clf_cache[0] != now:
+        _clf_cache[:] = [now, time.strftime("%d/%b/%Y:%H:%M:%S %z", time.localtime(now))]
+    return _clf_cache[1]  # type: ignore[no-any-return]
+
+
+class AccessLog:
+    """Formats and emits access log lines for one worker."""
+
+    def __init__(self, fmt: str, port: int) -> None:
+        self.format = fmt
+        self.port = port
+
+    def log(
+        self,
+        remote_ip: str,
+        start_line: httputil.RequestStartLine,
+        headers: httputil.HTTPHeaders | None,
+        status: int,
+        nbytes: int,
+        started: float,
+    ) -> None:
+        """Log one request; level INFO below 500, WARNING for 5xx."""
+        if self.format == "off":
+            return
+        level = logging.WARNING if status >= 500 else logging.INFO
+        if not logger.isEnabledFor(level):
+            return
+        latency_ms = (time.monotonic() - started) * 1000.0
+        referer = headers.get("Referer", "-") if headers else "-"
+        agent = headers.get("User-Agent", "-") if headers else "-"
+        if self.format == "json":
+            line = json.dumps(
+                {
+                    "time": time.time(),
+                    "remote": remote_ip,
+                    "method": start_line.method,
+                    "path": start_line.path,
+                    "version": start_line.version,
+                    "status": status,
+                    "bytes": nbytes,
+                    "referer": referer,
+                    "user_agent": agent,
+                    "latency_ms": round(latency_ms, 3),
+                    "port": self.port,
+                }
+            )
+            logger.log(level, "%s", line)
+            return
+        logger.log(
+            level,
+            '%s - - [%s] "%s %s %s" %d %d "%s" "%s" %.2fms port=%d',
+            remote_ip,
+            _clf_time(),
+            start_line.method,
+            start_line.path,
+            start_line.version,
+            status,
+            nbytes,
+            referer,
+            agent,
+            latency_ms,
+            self.port,
+        )

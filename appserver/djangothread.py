@@ -1,0 +1,86 @@
+"""The one thread of a worker process that runs Django.
+
+Django refuses database calls on a thread with a running event loop, and keeps
+its connections per thread. So every piece of Django code of a worker, from
+``django.setup()`` to the last ``close()``, runs here, one job at a time,
+while the IOLoop thread keeps reading requests, answering ``/-/health`` and
+writing responses.
+
+The hand-off is a plain queue one way and ``call_soon_threadsafe`` the other:
+one thread switch per request, no executor futures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+import time
+from typing import Any, Callable
+
+_STOP = object()
+
+
+class DjangoThread:
+    """A single worker thread fed from the event loop; results come back as futures."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, name: str = "django") -> None:
+        self._loop = loop
+        self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        #: Jobs submitted and not yet finished (running one included). Loop thread only.
+        self.pending = 0
+        #: monotonic() when the running job started, None when idle.
+        self.busy_since: float | None = None
+        self.current: str | None = None
+        self._thread.start()
+
+    @property
+    def ident(self) -> int | None:
+        """The thread id, to find its stack in ``sys._current_frames()``."""
+        return self._thread.ident
+
+    def submit(self, fn: Callable[[], Any], label: str = "") -> asyncio.Future[Any]:
+        """Run ``fn()`` on the Django thread; call from the loop thread."""
+        future = self._loop.create_future()
+        self.pending += 1
+        self._jobs.put((fn, future, label))
+        return future
+
+    def stop(self) -> None:
+        """Let queued jobs finish, then end the thread."""
+        self._jobs.put(_STOP)
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the thread to end; True if it did."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def _run(self) -> None:
+        call_soon = self._loop.call_soon_threadsafe
+        while True:
+            job = self._jobs.get()
+            if job is _STOP:
+                return
+            fn, future, label = job
+            self.busy_since = time.monotonic()
+            self.current = label
+            try:
+                result, error = fn(), None
+            except BaseException as exc:  # delivered to the awaiting coroutine
+                result, error = None, exc
+            self.busy_since = None
+            self.current = None
+            try:
+                call_soon(self._deliver, future, result, error)
+            except RuntimeError:
+                return  # the loop is closed: the process is going away
+
+    def _deliver(self, future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+        self.pending -= 1
+        if future.cancelled():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)

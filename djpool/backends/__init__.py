@@ -1,0 +1,1 @@
+"""Django database engines provided by djpool."""

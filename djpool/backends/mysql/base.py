@@ -1,0 +1,250 @@
+"""The djpool MySQL/MariaDB engine: Django's MySQL backend with a process-level pool.
+
+Use ``ENGINE: "djpool.backends.mysql"`` and ``OPTIONS: {"pool": True}`` (or a
+dict of pool options, see docs/djpool.md). Without ``OPTIONS["pool"]`` the
+engine behaves exactly like ``django.db.backends.mysql``, plus fork safety.
+
+Only the hooks Django means backends to override are overridden:
+``get_connection_params``, ``get_new_connection``, ``init_connection_state``,
+``create_cursor``, ``_close``, ``is_usable`` and the error wrapper. Django's
+``close()`` therefore hands the connection back to the pool instead of closing
+it, and the next ``connect()`` takes it out again, after an idle-aware
+liveness check.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import MySQLdb
+from django.db import connections
+from django.db.backends.mysql import base as mysql_base
+from django.db.utils import DatabaseErrorWrapper
+from django.utils.asyncio import async_unsafe
+from django.utils.functional import cached_property
+
+from djpool.options import parse_pool_options
+from djpool.pool import Pool, Record, forget_inherited_connections, pool_for
+
+from .creation import DatabaseCreation
+from .driver import MySQLDriver, disconnect_code, neutralise, note_statement
+
+logger = logging.getLogger("djpool")
+
+NO_DB_ALIAS = "__no_db__"
+
+
+def open_connection(params: dict[str, Any]) -> Any:
+    """Open one raw mysqlclient connection the way Django's backend does."""
+    conn = MySQLdb.connect(**params)
+    # mysqlclient's bytes encoder is a no-op Django removes too (mysqlclient#489).
+    if conn.encoders.get(bytes) is bytes:
+        conn.encoders.pop(bytes)
+    return conn
+
+
+class CursorWrapper(mysql_base.CursorWrapper):
+    """Django's MySQL cursor wrapper, plus disconnect handling and state tracking.
+
+    A disconnect on the first statement after checkout, in autocommit mode and
+    outside any atomic block, is retried once on a fresh connection: nothing
+    can have happened on the lost session that the retry would repeat.
+    Anywhere else the error propagates, the connection is marked broken, and
+    the pool discards it when Django hands it back.
+    """
+
+    def __init__(self, cursor: Any, db: DatabaseWrapper) -> None:
+        super().__init__(cursor)
+        self.db = db
+
+    def execute(self, query: Any, args: Any = None) -> Any:
+        replay = self.db._before_statement(query)
+        try:
+            return super().execute(query, args)
+        except (MySQLdb.OperationalError, MySQLdb.InterfaceError) as exc:
+            self.cursor = self.db._after_disconnect(exc, replay)
+            return super().execute(query, args)
+
+    def executemany(self, query: Any, args: Any) -> Any:
+        replay = self.db._before_statement(query)
+        try:
+            return super().executemany(query, args)
+        except (MySQLdb.OperationalError, MySQLdb.InterfaceError) as exc:
+            self.cursor = self.db._after_disconnect(exc, replay)
+            return super().executemany(query, args)
+
+
+class _DisconnectAwareErrors(DatabaseErrorWrapper):
+    """Django's error translation, noting disconnects on the way (commit, rollback, …)."""
+
+    def __exit__(self, exc_type: Any, exc_value: Any, traceback: Any) -> None:
+        if exc_value is not None:
+            code = disconnect_code(exc_value)
+            if code is not None:
+                self.wrapper._mark_broken(code, exc_value)  # type: ignore[attr-defined]
+        return super().__exit__(exc_type, exc_value, traceback)  # type: ignore[no-any-return]
+
+
+class DatabaseWrapper(mysql_base.DatabaseWrapper):
+    """Django's MySQL ``DatabaseWrapper`` whose connections come from a :class:`Pool`."""
+
+    creation_class = DatabaseCreation
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._pool: Pool[Any] | None = None
+        self._fresh_checkout = False
+        self._internal_statements = False
+
+    # -- settings -------------------------------------------------------------
+
+    @property
+    def pool_enabled(self) -> bool:
+        """True when ``OPTIONS["pool"]`` asks for pooling (never for the no-db alias)."""
+        return bool(self.settings_dict["OPTIONS"].get("pool")) and self.alias != NO_DB_ALIAS
+
+    def get_connection_params(self) -> dict[str, Any]:
+        params = super().get_connection_params()
+        params.pop("pool", None)  # ours, not mysqlclient's
+        return params
+
+    @property
+    def pool(self) -> Pool[Any] | None:
+        """This process's pool for this alias and these settings (None when off)."""
+        if not self.pool_enabled:
+            return None
+        return self._pool_for(self.get_connection_params())
+
+    def _pool_for(self, params: dict[str, Any]) -> Pool[Any]:
+        options = parse_pool_options(
+            self.settings_dict["OPTIONS"].get("pool"), self.settings_dict, self.alias
+        )
+        autocommit = bool(self.settings_dict["AUTOCOMMIT"])
+        # Settings can change under a live wrapper (the test runner renames the
+        # database): a different key gives a new pool and closes the old one.
+        key = (
+            repr(sorted((k, v) for k, v in params.items() if k != "conv")),
+            autocommit,
+            options,
+        )
+
+        def factory() -> Pool[Any]:
+            driver = MySQLDriver(lambda: open_connection(params), autocommit)
+            return Pool(self.alias, driver, options)
+
+        return pool_for(self.alias, key, factory)
+
+    # -- the connection life cycle ------------------------------------------
+
+    @async_unsafe
+    def get_new_connection(self, conn_params: dict[str, Any]) -> Any:
+        if not self.pool_enabled:
+            self._pool = None
+            return open_connection(conn_params)
+        pool = self._pool_for(conn_params)
+        conn = pool.checkout()
+        self._pool = pool
+        self._fresh_checkout = True
+        return conn
+
+    def init_connection_state(self) -> None:
+        record = self._record()
+        if record is not None and record.prepared:
+            return  # Django's SET statements already ran on this session
+        self._internal_statements = True
+        try:
+            super().init_connection_state()
+        finally:
+            self._internal_statements = False
+        if record is not None:
+            record.prepared = True
+        self._fresh_checkout = True
+
+    @async_unsafe
+    def create_cursor(self, name: Any = None) -> CursorWrapper:
+        return CursorWrapper(self.connection.cursor(), self)
+
+    def _close(self) -> None:
+        if self.connection is None:
+            return
+        pool = self._pool
+        if pool is None:
+            return super()._close()  # type: ignore[no-any-return]
+        conn, self.connection, self._pool = self.connection, None, None
+        pool.checkin(conn)
+
+    def is_usable(self) -> bool:
+        record = self._record()
+        if record is not None and record.broken:
+            return False
+        return super().is_usable()  # type: ignore[no-any-return]
+
+    @cached_property
+    def wrap_database_errors(self) -> DatabaseErrorWrapper:
+        return _DisconnectAwareErrors(self)
+
+    # -- disconnect handling (called by CursorWrapper) ------------------------
+
+    def _record(self) -> Record | None:
+        if self._pool is None or self.connection is None:
+            return None
+        return self._pool.record(self.connection)
+
+    def _before_statement(self, query: Any) -> bool:
+        """Note what the statement does to the session; say whether it may be replayed."""
+        replayable = (
+            self._fresh_checkout and self.get_autocommit() and not self.in_atomic_block
+        )
+        self._fresh_checkout = False
+        if not self._internal_statements:
+            record = self._record()
+            if record is not None:
+                note_statement(record, query)
+        return replayable
+
+    def _after_disconnect(self, exc: Exception, replayable: bool) -> Any:
+        """Return a fresh raw cursor for one retry, or re-raise ``exc``."""
+        code = disconnect_code(exc)
+        if code is None:
+            raise exc
+        self._mark_broken(code, exc)
+        pool = self._pool
+        if not replayable or pool is None:
+            if self.in_atomic_block or not self.get_autocommit():
+                raise MySQLdb.OperationalError(
+                    code,
+                    f"{exc.args[1] if len(exc.args) > 1 else exc} (djpool: the connection was "
+                    f"lost inside a transaction; the transaction is gone and is not "
+                    f"replayed, the next request gets a fresh connection)",
+                ) from exc
+            raise exc
+        reason = f"disconnect {code}: {exc.args[1] if len(exc.args) > 1 else exc}"
+        self.connection = pool.replace(self.connection, reason)
+        self._pool = pool
+        self.connection.autocommit(self.settings_dict["AUTOCOMMIT"])
+        self.init_connection_state()
+        self._fresh_checkout = False
+        return self.connection.cursor()
+
+    def _mark_broken(self, code: int, exc: BaseException) -> None:
+        if self._pool is not None and self.connection is not None:
+            self._pool.mark_broken(self.connection, f"disconnect {code}: {exc}")
+
+
+def _after_fork_in_child() -> None:
+    """A forked child never uses, closes or resets its parent's connections."""
+    forget_inherited_connections(neutralise)
+    try:
+        wrappers = connections.all(initialized_only=True)
+    except Exception:
+        return  # Django not configured in this process
+    for wrapper in wrappers:
+        if isinstance(wrapper, DatabaseWrapper) and wrapper.connection is not None:
+            neutralise(wrapper.connection)
+            wrapper.connection = None
+            wrapper._pool = None
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,0 +1,31 @@
+#!/usr/bin/env python3
+"""Run the Django project on Tornado: ``python server.py --port=8001``.
+
+One process serves one port with one persistent database connection; run
+several behind nginx (see README.md). ``python server.py --help`` lists every
+flag with its default; docs/configuration.md explains them.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from appserver.config import ConfigError, parse  # noqa: E402
+from appserver.worker import run_worker  # noqa: E402
+
+
+def main(argv: list[str]) -> int:
+    """Parse the flags and run one worker; return the exit code."""
+    try:
+        options = parse(argv)
+    except ConfigError as exc:
+        print(f"server.py: error: {exc}", file=sys.stderr)
+        return 2
+    return run_worker(options)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
