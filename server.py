@@ -2,7 +2,8 @@
 """Run the Django project on Tornado: ``python server.py --port=8001``.
 
 One process serves one port with one persistent database connection; run
-several behind nginx (see README.md). ``python server.py --help`` lists every
+several behind nginx (see README.md), each under supervisor or systemd, or
+all from one command with ``--ports=8001-8004``. ``python server.py --help`` lists every
 flag with its default; docs/configuration.md explains them.
 """
 
@@ -14,7 +15,8 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from appserver.config import ConfigError, parse  # noqa: E402
-from appserver.worker import run_worker  # noqa: E402
+from appserver.launcher import run_launcher  # noqa: E402
+from appserver.worker import configure_logging, run_worker  # noqa: E402
 
 
 def main(argv: list[str]) -> int:
@@ -24,6 +26,9 @@ def main(argv: list[str]) -> int:
     except ConfigError as exc:
         print(f"server.py: error: {exc}", file=sys.stderr)
         return 2
+    if options.ports and options.fd is None:
+        configure_logging(options, "launcher")
+        return run_launcher(options, argv)
     return run_worker(options)
 
 

@@ -1,6 +1,6 @@
 """The access log: one line per answered request, through ``logging``.
 
-Logger ``appserver.access``; ``--access_log_format`` picks ``combined`` (the
+Logger ``appserver.access``; ``--log_format`` picks ``combined`` (the
 Apache/nginx combined format plus latency and port), ``json`` (one object per
 line, for log shippers) or ``off``.
 """
@@ -24,6 +24,31 @@ def _clf_time() -> str:
     if _clf_cache[0] != now:
         _clf_cache[:] = [now, time.strftime("%d/%b/%Y:%H:%M:%S %z", time.localtime(now))]
     return _clf_cache[1]  # type: ignore[no-any-return]
+
+
+class JSONFormatter(logging.Formatter):
+    """Every log record as one JSON object (for ``--log_format=json``)."""
+
+    def __init__(self, port: int | str) -> None:
+        super().__init__()
+        self.port = port
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": round(record.created, 6),
+            "level": record.levelname,
+            "logger": record.name,
+            "port": self.port,
+            "pid": record.process,
+        }
+        message = record.getMessage()
+        if record.name == logger.name and message.startswith("{"):
+            entry["access"] = json.loads(message)
+        else:
+            entry["message"] = message
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
 
 
 class AccessLog:

@@ -8,6 +8,7 @@ three cannot drift apart.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import sys
 from dataclasses import dataclass
@@ -49,8 +50,64 @@ def _prefix(value: str) -> str | None:
     return None
 
 
-def _access_log_format(value: str) -> str | None:
+def _log_format(value: str) -> str | None:
     return None if value in ("combined", "json", "off") else "must be combined, json or off"
+
+
+def _ports(value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        parse_ports(value)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def _networks(value: str) -> str | None:
+    try:
+        parse_networks(value)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def parse_ports(spec: str) -> list[int]:
+    """``"8001-8004"`` or ``"8001,8003"`` (or a mix) as a sorted list of distinct ports."""
+    ports: list[int] = []
+    for part in spec.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        low, sep, high = part.partition("-")
+        if not low.isdigit() or (sep and not high.isdigit()):
+            raise ValueError(f"{part!r} is not a port or a range like 8001-8004")
+        first, last = int(low), int(high) if sep else int(low)
+        if first > last:
+            raise ValueError(f"range {part!r} runs backwards")
+        ports.extend(range(first, last + 1))
+    if not ports:
+        raise ValueError("names no port")
+    bad = [p for p in ports if not 0 < p < 65536]
+    if bad:
+        raise ValueError(f"{bad[0]} is not a TCP port (1-65535)")
+    duplicates = sorted({p for p in ports if ports.count(p) > 1})
+    if duplicates:
+        raise ValueError(f"port {duplicates[0]} is named twice")
+    return sorted(ports)
+
+
+def parse_networks(spec: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    """A comma-separated list of addresses or CIDR networks."""
+    networks = []
+    for part in spec.split(","):
+        part = part.strip()
+        if part:
+            try:
+                networks.append(ipaddress.ip_network(part, strict=False))
+            except ValueError:
+                raise ValueError(f"{part!r} is not an IP address or network") from None
+    return networks
 
 
 def _event_loop(value: str) -> str | None:
@@ -115,12 +172,64 @@ SETTINGS: tuple[Setting, ...] = (
         _non_negative,
     ),
     Setting(
+        "trusted_proxies",
+        str,
+        "127.0.0.1/8,::1",
+        "with --xheaders: only clients at these addresses/networks may set the forwarded "
+        "headers; from anyone else they are ignored",
+        "NETS",
+        _networks,
+    ),
+    Setting(
+        "max_queue",
+        int,
+        64,
+        "requests allowed to wait for the Django thread; beyond that: 503 with Retry-After",
+        "N",
+        _positive,
+    ),
+    Setting(
+        "request_timeout",
+        float,
+        30.0,
+        "seconds after which a running request's Django stack is logged and /-/health "
+        "reports the worker as stuck (0: never); the request itself is not interrupted",
+        "SECONDS",
+        _non_negative,
+    ),
+    Setting(
+        "max_requests",
+        int,
+        0,
+        "drain and exit after this many requests, so the supervisor starts a fresh "
+        "process (0: never)",
+        "N",
+        _non_negative,
+    ),
+    Setting(
+        "max_requests_jitter",
+        int,
+        0,
+        "add a random 0..N to --max_requests per worker, so workers do not recycle together",
+        "N",
+        _non_negative,
+    ),
+    Setting(
         "internal_prefix",
         str,
         "/-/",
-        "URL prefix of the endpoints the server answers itself (health)",
+        "URL prefix of the endpoints the server answers itself (health, metrics)",
         "PATH",
         _prefix,
+    ),
+    Setting(
+        "internal_allow",
+        str,
+        "127.0.0.1/8,::1",
+        "client addresses allowed on the internal endpoints (after --xheaders); others "
+        "get 403; 0.0.0.0/0,::/0 allows everyone",
+        "NETS",
+        _networks,
     ),
     Setting(
         "health_timeout",
@@ -131,12 +240,13 @@ SETTINGS: tuple[Setting, ...] = (
         _positive,
     ),
     Setting(
-        "access_log_format",
+        "log_format",
         str,
         "combined",
-        "access log lines: combined (Apache-like, plus latency and port), json, or off",
+        "access log lines: combined (Apache-like, plus latency and port), json (every "
+        "log line as one JSON object), or off (no access log)",
         "FORMAT",
-        _access_log_format,
+        _log_format,
     ),
     Setting(
         "event_loop",
@@ -145,6 +255,23 @@ SETTINGS: tuple[Setting, ...] = (
         "asyncio event loop: uvloop (falls back to asyncio if not installed) or asyncio",
         "LOOP",
         _event_loop,
+    ),
+    Setting(
+        "ports",
+        str,
+        None,
+        "run one worker per port and supervise them, e.g. 8001-8004 or 8001,8003 "
+        "(instead of --port); HUP restarts them one port at a time",
+        "LIST",
+        _ports,
+    ),
+    Setting(
+        "fd",
+        int,
+        None,
+        "serve on this inherited listening socket instead of binding --port (used by "
+        "the --ports launcher)",
+        "FD",
     ),
     Setting(
         "config",

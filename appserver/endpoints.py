@@ -76,11 +76,8 @@ class Health:
                     django.submit(check_databases, "health check"), worker.options.health_timeout
                 )
             except asyncio.TimeoutError:
-                db = {
-                    "ok": False,
-                    "error": f"database check did not finish within {worker.options.health_timeout:g} s",
-                }
-                db = {"_": db}
+                error = f"database check did not finish within {worker.options.health_timeout:g} s"
+                db = {alias: {"ok": False, "error": error} for alias in (self.last or {"default": None})}
             self.last, self.last_at = db, time.monotonic()
             fresh = True
         else:
@@ -97,7 +94,26 @@ class Health:
             body["status"] = "unavailable"
             body["reason"] = "; ".join(f"{a}: {e}" for a, e in failed.items())
             return json_response(503, body)
+        if worker.stuck:
+            body["status"] = "stuck"
+            body["reason"] = worker.stuck
+            return json_response(503, body)
         if worker.draining:
             body["status"] = "draining"
             return json_response(503, body)
         return json_response(200, body)
+
+
+class MetricsEndpoint:
+    """``GET /-/metrics``: this worker's Prometheus metrics."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+
+    async def __call__(self, reader: RequestReader) -> Response:
+        from .metrics import CONTENT_TYPE
+
+        metrics = self.worker.metrics
+        metrics.in_flight.set(len(self.worker.frontend.in_flight) - 1)  # not counting this scrape
+        metrics.queue.set(self.worker.django.pending)
+        return 200, "OK", [("Content-Type", CONTENT_TYPE), ("Cache-Control", "no-store")], metrics.render()

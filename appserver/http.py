@@ -4,23 +4,27 @@
 ``HTTPServer``. For each request a :class:`RequestReader` collects the body
 (never parsing it: Django does that, with Django's own limits), refuses an
 oversized one with 413 before reading it, and then either answers an internal
-endpoint (``/-/health``) on the IOLoop or queues the request for the Django
-thread and writes the response when it comes back.
+endpoint (``/-/health``, ``/-/metrics``) on the IOLoop, or queues the request
+for the Django thread (503 with ``Retry-After`` when ``--max_queue`` requests
+already wait) and writes the response when it comes back.
 """
 
 from __future__ import annotations
 
 import asyncio
 import email.utils
+import ipaddress
 import json
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 from tornado import httputil
 from tornado.iostream import StreamClosedError
 
 from .accesslog import AccessLog
+from .config import parse_networks
 from .wsgi import Response, build_environ, call_application, internal_error
 
 if TYPE_CHECKING:
@@ -41,7 +45,7 @@ def http_date() -> str:
 
 def json_response(code: int, payload: Any, reason: str | None = None) -> Response:
     """A JSON response tuple as the Django thread would produce it."""
-    body = (json.dumps(payload, indent=None, separators=(",", ":")) + "\n").encode()
+    body = (json.dumps(payload, separators=(",", ":")) + "\n").encode()
     return (
         code,
         reason or httputil.responses.get(code, "Unknown"),
@@ -50,27 +54,79 @@ def json_response(code: int, payload: Any, reason: str | None = None) -> Respons
     )
 
 
+class AddressSet:
+    """Membership test for a list of networks, cached per address."""
+
+    def __init__(self, spec: str) -> None:
+        self.networks = parse_networks(spec)
+        self._cache: dict[str, bool] = {}
+
+    def __contains__(self, address: str) -> bool:
+        known = self._cache.get(address)
+        if known is None:
+            try:
+                ip = ipaddress.ip_address(address)
+                known = any(ip in net for net in self.networks)
+            except ValueError:
+                known = False
+            if len(self._cache) < 4096:
+                self._cache[address] = known
+        return known
+
+
 class Frontend(httputil.HTTPServerConnectionDelegate):
-    """Creates one :class:`RequestReader` per request."""
+    """Creates one :class:`RequestReader` per request; holds what they share."""
 
     def __init__(self, worker: Worker) -> None:
+        options = worker.options
         self.worker = worker
-        self.access_log = AccessLog(worker.options.access_log_format, worker.port)
-        self.internal_prefix = worker.options.internal_prefix
-        self.max_body_size = worker.options.max_body_size
+        self.access_log = AccessLog(options.log_format, worker.port)
+        self.internal_prefix: str = options.internal_prefix
+        self.max_body_size: int = options.max_body_size
+        self.max_queue: int = options.max_queue
+        self.xheaders: bool = options.xheaders
+        self.trusted_proxies = AddressSet(options.trusted_proxies)
+        self.internal_allow = AddressSet(options.internal_allow)
         #: Requests read but not answered yet (queued for Django or running).
         self.in_flight: set[RequestReader] = set()
+        self.django_requests = 0
 
     def start_request(
         self, server_conn: object, request_conn: httputil.HTTPConnection
     ) -> httputil.HTTPMessageDelegate:
         return RequestReader(self, request_conn)
 
+    def client_address(self, peer: str, headers: httputil.HTTPHeaders, scheme: str) -> tuple[str, str]:
+        """The client's address and scheme, believing forwarded headers only from trusted proxies."""
+        if not self.xheaders or peer not in self.trusted_proxies:
+            return peer, scheme
+        client = peer
+        forwarded_for = headers.get("X-Forwarded-For")
+        if forwarded_for:
+            # Walk from the nearest hop outwards; the first untrusted one is the client.
+            hops = [h.strip() for h in forwarded_for.split(",") if h.strip()]
+            for hop in reversed(hops):
+                client = hop
+                if hop not in self.trusted_proxies:
+                    break
+        else:
+            real_ip = headers.get("X-Real-IP", "").strip()
+            if real_ip:
+                client = real_ip
+        try:
+            ipaddress.ip_address(client)
+        except ValueError:
+            client = peer  # garbage in the header: keep the real peer
+        proto = headers.get("X-Forwarded-Proto", headers.get("X-Scheme", "")).split(",")[-1].strip().lower()
+        return client, proto if proto in ("http", "https") else scheme
+
 
 class RequestReader(httputil.HTTPMessageDelegate):
     """One request: buffer it, dispatch it, write its response, log it."""
 
-    __slots__ = ("frontend", "conn", "start_line", "headers", "chunks", "started", "rejected")
+    __slots__ = (
+        "chunks", "client", "conn", "frontend", "headers", "rejected", "scheme", "start_line", "started",
+    )
 
     def __init__(self, frontend: Frontend, conn: httputil.HTTPConnection) -> None:
         self.frontend = frontend
@@ -80,6 +136,8 @@ class RequestReader(httputil.HTTPMessageDelegate):
         self.chunks: list[bytes] = []
         self.started = 0.0
         self.rejected = False
+        self.client = "-"
+        self.scheme = "http"
 
     # -- HTTPMessageDelegate ------------------------------------------------
 
@@ -92,6 +150,8 @@ class RequestReader(httputil.HTTPMessageDelegate):
         self.started = time.monotonic()
         self.start_line = start_line
         self.headers = headers
+        context = self.conn.context  # type: ignore[attr-defined]
+        self.client, self.scheme = self.frontend.client_address(context.remote_ip, headers, context.protocol)
         length = headers.get("Content-Length")
         if length is not None and length.isdigit() and int(length) > self.frontend.max_body_size:
             self._refuse_body(int(length))
@@ -104,15 +164,19 @@ class RequestReader(httputil.HTTPMessageDelegate):
         if self.rejected:
             return
         frontend = self.frontend
-        frontend.in_flight.add(self)
         assert self.start_line is not None
         path = self.start_line.path
+        frontend.in_flight.add(self)
         if path.startswith(frontend.internal_prefix):
-            handler = frontend.worker.endpoints.get(path.partition("?")[0][len(frontend.internal_prefix):])
-            if handler is None:
-                self._respond(json_response(404, {"error": "no such server endpoint", "path": path}))
-            else:
-                self._await(handler(self))
+            self._internal(path)
+            return
+        django = frontend.worker.django
+        if django.pending >= frontend.max_queue:
+            frontend.worker.metrics.rejected.inc()
+            code, reason, headers, body = json_response(
+                503, {"error": "server busy: request queue full", "max_queue": frontend.max_queue}
+            )
+            self._respond((code, reason, [*headers, ("Retry-After", "1")], body))
             return
         self._await(self._run_django())
 
@@ -120,6 +184,18 @@ class RequestReader(httputil.HTTPMessageDelegate):
         self.chunks = []
 
     # -- dispatch -------------------------------------------------------------
+
+    def _internal(self, path: str) -> None:
+        frontend = self.frontend
+        if self.client not in frontend.internal_allow:
+            self._respond(json_response(403, {"error": "server endpoints are not open to this address"}))
+            return
+        name = path.partition("?")[0][len(frontend.internal_prefix):]
+        handler = frontend.worker.endpoints.get(name)
+        if handler is None:
+            self._respond(json_response(404, {"error": "no such server endpoint", "path": path}))
+        else:
+            self._await(handler(self))
 
     def _await(self, coro: Awaitable[Response]) -> None:
         task = asyncio.ensure_future(coro)
@@ -130,33 +206,38 @@ class RequestReader(httputil.HTTPMessageDelegate):
             response = task.result()
         except Exception:
             logger.exception("request failed inside the server")
-            response = json_response(500, {"error": "internal server error"})
+            response = internal_error()
         self._respond(response)
 
     async def _run_django(self) -> Response:
-        worker = self.frontend.worker
+        frontend = self.frontend
+        worker = frontend.worker
         assert self.start_line is not None and self.headers is not None
-        context = self.conn.context  # type: ignore[attr-defined]
         environ = build_environ(
             self.start_line.method,
             self.start_line.path,
             self.start_line.version,
             self.headers,
             b"".join(self.chunks),
-            context.remote_ip,
-            context.protocol,
+            self.client,
+            self.scheme,
             worker.port,
         )
         self.chunks = []
         app = worker.application
-        return await worker.django.submit(
+        assert app is not None
+        frontend.django_requests += 1
+        response = await worker.django.submit(
             lambda: call_application(app, environ), f"{self.start_line.method} {self.start_line.path}"
         )
+        worker.request_done(frontend.django_requests)
+        return response
 
     # -- responses --------------------------------------------------------------
 
     def _respond(self, response: Response) -> None:
-        self.frontend.in_flight.discard(self)
+        frontend = self.frontend
+        frontend.in_flight.discard(self)
         try:
             code, nbytes = self._write(response)
         except Exception:
@@ -169,14 +250,8 @@ class RequestReader(httputil.HTTPMessageDelegate):
                 self.conn.close()  # type: ignore[attr-defined]
                 code, nbytes = 500, 0
         assert self.start_line is not None
-        self.frontend.access_log.log(
-            self.conn.context.remote_ip,  # type: ignore[attr-defined]
-            self.start_line,
-            self.headers,
-            code,
-            nbytes,
-            self.started,
-        )
+        frontend.worker.metrics.observe(self.start_line.method, code, time.monotonic() - self.started)
+        frontend.access_log.log(self.client, self.start_line, self.headers, code, nbytes, self.started)
 
     def _write(self, response: Response) -> tuple[int, int]:
         code, reason, header_list, body = response
@@ -189,6 +264,8 @@ class RequestReader(httputil.HTTPMessageDelegate):
         has_body = code >= 200 and code not in (204, 304)
         if has_body and "Content-Length" not in headers:
             headers["Content-Length"] = str(len(body))
+        if self.frontend.worker.draining:
+            headers["Connection"] = "close"  # clients reconnect to a worker that stays
         send_body = bool(has_body and self.start_line.method != "HEAD" and body)
         try:
             self.conn.write_headers(
@@ -214,10 +291,10 @@ class RequestReader(httputil.HTTPMessageDelegate):
         headers["Content-Length"] = str(len(body))
         headers["Connection"] = "close"
         head = f"HTTP/1.1 {code} {reason}\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.get_all())
-        remote_ip = self.conn.context.remote_ip  # type: ignore[attr-defined]
         stream = self.conn.detach()  # type: ignore[attr-defined]
         assert self.start_line is not None
-        self.frontend.access_log.log(remote_ip, self.start_line, self.headers, code, len(body), self.started)
+        self.frontend.worker.metrics.observe(self.start_line.method, code, time.monotonic() - self.started)
+        self.frontend.access_log.log(self.client, self.start_line, self.headers, code, len(body), self.started)
         try:
             stream.write(head.encode("latin-1") + b"\r\n" + body).add_done_callback(lambda _f: stream.close())
         except StreamClosedError:

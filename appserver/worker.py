@@ -1,11 +1,16 @@
 """One worker process: one port, one IOLoop thread, one Django thread.
 
-Start-up: bind the port (fail fast and clearly if it is taken), load Django on
-the Django thread, probe the databases, start serving. Shutdown on SIGTERM or
-SIGINT: stop accepting, let every request already read or queued finish
-(up to ``--graceful_timeout``), close keep-alive connections, hand back and
-close the database connections on the Django thread, exit 0. A second signal
-exits at once, naming the unfinished requests.
+Start-up: get the listening socket (inherited with ``--fd``, passed by systemd
+socket activation, or bound on ``--port``: a taken port fails fast and
+clearly), load Django on the Django thread, probe the databases, start
+serving, tell the service manager ``READY=1``.
+
+Shutdown on SIGTERM or SIGINT, or after ``--max_requests``: tell the manager
+``STOPPING=1``, stop accepting, let every request already read or queued
+finish (up to ``--graceful_timeout``; responses meanwhile carry
+``Connection: close``), close keep-alive connections, hand back and close the
+database connections on the Django thread, exit 0. A second signal, or the
+graceful timeout, exits at once, logging the unfinished requests.
 """
 
 from __future__ import annotations
@@ -13,21 +18,29 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import random
 import signal
+import socket
 import sys
 import time
+import traceback
 from typing import Any
 
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 from tornado.options import OptionParser
 
+from . import systemd
 from .djangothread import DjangoThread
-from .endpoints import Health, check_databases
+from .endpoints import Health, MetricsEndpoint, check_databases
 from .http import Endpoint, Frontend
+from .metrics import Metrics
 from .wsgi import WSGIApp
 
 logger = logging.getLogger("appserver")
+
+#: Exit code of a worker that gave up draining (graceful timeout or second signal).
+EXIT_UNFINISHED = 3
 
 
 class StartupError(Exception):
@@ -64,14 +77,32 @@ class Worker:
         self.options = options
         self.port: int = options.port
         self.draining = False
+        self.stuck: str | None = None
         self.application: WSGIApp | None = None
         self.django: DjangoThread = None  # type: ignore[assignment]  # set in serve()
-        self.endpoints: dict[str, Endpoint] = {"health": Health(self)}
+        self.metrics = Metrics(self.port)
+        self.endpoints: dict[str, Endpoint] = {"health": Health(self), "metrics": MetricsEndpoint(self)}
+        self.max_requests = 0
+        if options.max_requests:
+            self.max_requests = options.max_requests + random.randint(0, options.max_requests_jitter)
         self._stop = asyncio.Event()
         self._signals = 0
+        self._stop_reason = ""
 
-    def bind(self) -> list[Any]:
-        """Bind the listening socket now, so a taken port fails before anything else."""
+    # -- start-up ------------------------------------------------------------------
+
+    def sockets(self) -> list[socket.socket]:
+        """The listening sockets: inherited (--fd), socket-activated, or bound now."""
+        if self.options.fd is not None:
+            sock = socket.socket(fileno=self.options.fd)
+            os.set_inheritable(sock.fileno(), False)
+            sock.setblocking(False)
+            self.port = sock.getsockname()[1]
+            return [sock]
+        activated = systemd.listen_sockets()
+        if activated:
+            self.port = activated[0].getsockname()[1]
+            return activated
         try:
             return bind_sockets(self.port, self.options.address, backlog=1024)
         except OSError as exc:
@@ -80,8 +111,8 @@ class Worker:
                 f"(is another worker already running on this port?)"
             ) from exc
 
-    async def serve(self, sockets: list[Any]) -> int:
-        """Run until SIGTERM/SIGINT; return the process exit code."""
+    async def serve(self, sockets: list[socket.socket]) -> int:
+        """Run until told to stop; return the process exit code."""
         loop = asyncio.get_running_loop()
         self.django = DjangoThread(loop)
         try:
@@ -97,7 +128,6 @@ class Worker:
         self.frontend = frontend
         server = HTTPServer(
             frontend,
-            xheaders=self.options.xheaders,
             max_header_size=self.options.max_header_size,
             idle_connection_timeout=self.options.idle_connection_timeout,
             body_timeout=self.options.body_timeout,
@@ -106,12 +136,26 @@ class Worker:
         server.add_sockets(sockets)
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._on_signal, signum)
+        loop.add_signal_handler(
+            signal.SIGHUP, logger.info, "HUP ignored: a worker cannot reload in place; send HUP to the "
+            "--ports launcher, or restart the worker (deploy rolling-restart)"
+        )
+        watchdogs = [self._watch_stuck_requests(), self._watch_launcher()]
+        interval = systemd.watchdog_interval()
+        if interval:
+            watchdogs.append(self._systemd_watchdog(interval))
+        tasks = [asyncio.ensure_future(w) for w in watchdogs]
         logger.info(
             "listening on http://%s:%d/ (pid %d, Django settings %s)",
             self.options.address, self.port, os.getpid(), self.options.settings,
         )
+        systemd.notify(f"READY=1\nSTATUS=serving on port {self.port}\nMAINPID={os.getpid()}")
         await self._stop.wait()
-        return await self._drain(server, frontend)
+        systemd.notify(f"STOPPING=1\nSTATUS=draining: {self._stop_reason}")
+        code = await self._drain(server, frontend)
+        for task in tasks:
+            task.cancel()
+        return code
 
     async def _probe_databases(self) -> None:
         try:
@@ -125,19 +169,77 @@ class Worker:
             if entry.get("ok"):
                 extra = f", connection id {entry['connection_id']}" if "connection_id" in entry else ""
                 logger.info("database %s: ok (%s%s)", alias, entry["vendor"], extra)
+            elif "ImproperlyConfigured" in str(entry.get("error")):
+                raise StartupError(f"database {alias} is misconfigured: {entry['error']}")
             else:
                 logger.warning(
                     "database %s is not reachable: %s; serving anyway, /-/health answers 503",
                     alias, entry.get("error"),
                 )
 
+    # -- running ---------------------------------------------------------------------
+
+    def request_done(self, count: int) -> None:
+        """Called after each Django request; starts the drain at --max_requests."""
+        if self.max_requests and count >= self.max_requests and not self.draining:
+            self.begin_drain(f"served {count} requests (--max_requests)")
+
+    async def _watch_stuck_requests(self) -> None:
+        """Log the Django stack of a request running past --request_timeout (once per request)."""
+        limit = self.options.request_timeout
+        if not limit:
+            return
+        reported_since: float | None = None
+        while True:
+            await asyncio.sleep(min(1.0, limit / 4))
+            since = self.django.busy_since
+            if since is None or time.monotonic() - since < limit:
+                self.stuck = None
+                continue
+            if reported_since == since:
+                continue
+            reported_since = since
+            self.stuck = f"{self.django.current} running for more than {limit:g} s"
+            self.metrics.stuck.inc()
+            frame = sys._current_frames().get(self.django.ident or -1)
+            stack = "".join(traceback.format_stack(frame)) if frame else "(stack not available)\n"
+            logger.error(
+                "stuck request: %s; Django thread stack (most recent call last):\n%s"
+                "The request keeps running; /-/health reports this worker as stuck until it ends.",
+                self.stuck, stack,
+            )
+
+    async def _watch_launcher(self) -> None:
+        """Under --ports: drain and exit if the launcher dies (we would be orphaned)."""
+        launcher = os.environ.get("APPSERVER_LAUNCHER_PID")
+        if not launcher or self.options.fd is None:
+            return
+        while os.getppid() == int(launcher):
+            await asyncio.sleep(1.0)
+        self.begin_drain("the launcher is gone")
+
+    async def _systemd_watchdog(self, interval: float) -> None:
+        """WATCHDOG=1 from the IOLoop: a blocked loop stops the pings and systemd restarts us."""
+        while True:
+            systemd.notify("WATCHDOG=1")
+            await asyncio.sleep(interval)
+
+    # -- stopping --------------------------------------------------------------------
+
+    def begin_drain(self, reason: str) -> None:
+        """Stop accepting and finish what was accepted (see the module doc)."""
+        if self.draining:
+            return
+        logger.info("draining: %s (graceful timeout %gs)", reason, self.options.graceful_timeout)
+        self.draining = True
+        self._stop_reason = reason
+        self._stop.set()
+
     def _on_signal(self, signum: int) -> None:
         self._signals += 1
         name = signal.Signals(signum).name
         if self._signals == 1:
-            logger.info("%s: draining (graceful timeout %gs)", name, self.options.graceful_timeout)
-            self.draining = True
-            self._stop.set()
+            self.begin_drain(name)
         else:
             self._exit_now(f"second signal ({name})")
 
@@ -150,10 +252,10 @@ class Worker:
             why, len(unfinished), (": " + ", ".join(unfinished)) if unfinished else "",
         )
         logging.shutdown()
-        os._exit(1 if unfinished else 0)
+        os._exit(EXIT_UNFINISHED if unfinished else 0)
 
     async def _drain(self, server: HTTPServer, frontend: Frontend) -> int:
-        server.stop()  # no new connections; the listening socket closes
+        server.stop()  # no new connections; our copy of the listening socket closes
         deadline = time.monotonic() + self.options.graceful_timeout
         while frontend.in_flight and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
@@ -169,26 +271,31 @@ class Worker:
         return 0
 
 
-def configure_logging_prefix(port: int) -> None:
-    """Put the port in every log line, so interleaved worker logs stay readable."""
+def configure_logging(options: OptionParser, port: int | str) -> None:
+    """Put the port in every log line; with --log_format=json, make every line JSON."""
     from tornado.log import LogFormatter
 
-    fmt = f"%(color)s[%(levelname)1.1s %(asctime)s :{port} %(name)s]%(end_color)s %(message)s"
+    from .accesslog import JSONFormatter
+
     for handler in logging.getLogger().handlers:
-        if isinstance(handler.formatter, LogFormatter):
-            color = getattr(handler.formatter, "_colors", None)
-            handler.setFormatter(LogFormatter(fmt=fmt, color=bool(color)))
+        if options.log_format == "json":
+            handler.setFormatter(JSONFormatter(port))
+        elif isinstance(handler.formatter, LogFormatter):
+            fmt = f"%(color)s[%(levelname)1.1s %(asctime)s :{port} %(name)s]%(end_color)s %(message)s"
+            color = bool(getattr(handler.formatter, "_colors", None))
+            handler.setFormatter(LogFormatter(fmt=fmt, color=color))
 
 
 def run_worker(options: OptionParser) -> int:
-    """Bind, serve, and return the exit code of one worker process."""
-    configure_logging_prefix(options.port)
+    """Get the socket, serve, and return the exit code of one worker process."""
     worker = Worker(options)
     try:
-        sockets = worker.bind()
+        sockets = worker.sockets()
     except StartupError as exc:
+        configure_logging(options, options.port)
         logger.error("%s", exc)
         return 1
+    configure_logging(options, worker.port)
     loop_factory = None
     if options.event_loop == "uvloop":
         try:
