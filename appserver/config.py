@@ -341,8 +341,26 @@ def _check_config_keys(parser: OptionParser, path: str) -> None:
 
 
 def markdown() -> str:
-    """The settings table for docs/configuration.md."""
+    """docs/server-options.md, generated from :data:`SETTINGS` (``make docs``)."""
     lines = [
+        "# server.py options",
+        "",
+        "Generated from `appserver/config.py` by `make docs`; a test fails when this file",
+        "is out of date. Every option is a flag (`--name=value`; `--name-with-dashes` works",
+        "too) and can also be set in a `--config` file, which is Python syntax:",
+        "",
+        "```python",
+        "# /etc/myapp/server.conf",
+        'address = "127.0.0.1"',
+        "max_body_size = 20 * 1024 * 1024",
+        "graceful_timeout = 20.0",
+        "```",
+        "",
+        "Flags given on the command line win over the file; an unknown name in the file",
+        "is an error. `python server.py --help` prints the same list.",
+        "",
+        "## Server",
+        "",
         "| flag / config name | default | meaning |",
         "|---|---|---|",
     ]
@@ -351,6 +369,17 @@ def markdown() -> str:
         if s.name == "settings":
             default = "$DJANGO_SETTINGS_MODULE or conf.settings"
         lines.append(f"| `--{s.name}` | `{default}` | {s.help} |")
+    lines += [
+        "",
+        "## Logging (Tornado's own flags)",
+        "",
+        "| flag | default | meaning |",
+        "|---|---|---|",
+    ]
+    parser = make_parser()
+    for name, option in sorted(parser._options.items()):
+        if option.group_name != GROUP and name != "help":
+            lines.append(f"| `--{option.name}` | `{option.default}` | {option.help} |")
     return "\n".join(lines) + "\n"
 
 
