@@ -309,8 +309,11 @@ def parse(argv: list[str]) -> OptionParser:
         if parser.config:
             if not os.path.isfile(parser.config):
                 raise ConfigError(f"--config: no such file: {parser.config}")
-            _check_config_keys(parser, parser.config)
-            parser.parse_config_file(parser.config, final=False)
+            if parser.config.endswith(".toml"):
+                _apply_toml(parser, parser.config)
+            else:
+                _check_config_keys(parser, parser.config)
+                parser.parse_config_file(parser.config, final=False)
             # The command line wins over the file.
             parser.parse_command_line(argv, final=False)
     except OptionsError as exc:
@@ -322,6 +325,33 @@ def parse(argv: list[str]) -> OptionParser:
             raise ConfigError(f"--{s.name}={value!r}: {problem}")
     parser.run_parse_callbacks()
     return parser
+
+
+def _apply_toml(parser: OptionParser, path: str) -> None:
+    """Take the ``[server]`` table of a deploy file (see docs/deploy.md) as options."""
+    import tomllib
+
+    try:
+        with open(path, "rb") as f:
+            document = tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"--config {path}: {exc}") from exc
+    table = document.get("server", {})
+    if not isinstance(table, dict):
+        raise ConfigError(f"--config {path}: [server] must be a table")
+    known = {s.name: s for s in SETTINGS}
+    for key, value in table.items():
+        name = key.replace("-", "_")
+        if name not in known or name in ("config", "fd"):
+            raise ConfigError(f"--config {path}: unknown setting in [server]: {key}")
+        wanted = known[name].type
+        if wanted is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, wanted) or (wanted is int and isinstance(value, bool)):
+            raise ConfigError(
+                f"--config {path}: [server] {key} = {value!r}: expected {wanted.__name__}"
+            )
+        setattr(parser, name, value)
 
 
 def _check_config_keys(parser: OptionParser, path: str) -> None:
@@ -356,8 +386,11 @@ def markdown() -> str:
         "graceful_timeout = 20.0",
         "```",
         "",
-        "Flags given on the command line win over the file; an unknown name in the file",
-        "is an error. `python server.py --help` prints the same list.",
+        "A deploy file (`*.toml`, see [deploy.md](deploy.md)) works too: its `[server]`",
+        "table holds the same names, so nginx, supervisor, systemd and the server read",
+        "one set of numbers. Flags given on the command line win over the file; an",
+        "unknown name in the file is an error. `python server.py --help` prints the",
+        "same list.",
         "",
         "## Server",
         "",
