@@ -142,7 +142,7 @@ SETTINGS: tuple[Setting, ...] = (
         "max_header_size",
         int,
         64 * 1024,
-        "largest request line plus headers in bytes; larger ones get 400",
+        "largest request line plus headers in bytes; larger ones get 431",
         "BYTES",
         _positive,
     ),

@@ -16,12 +16,14 @@ import email.utils
 import ipaddress
 import json
 import logging
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from tornado import httputil
-from tornado.iostream import StreamClosedError
+from tornado.httpserver import HTTPServer
+from tornado.iostream import IOStream, StreamClosedError, UnsatisfiableReadError
 
 from .accesslog import AccessLog
 from .config import parse_networks
@@ -171,14 +173,21 @@ class RequestReader(httputil.HTTPMessageDelegate):
             self._internal(path)
             return
         django = frontend.worker.django
-        if django.pending >= frontend.max_queue:
+        # pending counts the job running now; --max_queue is how many may wait behind it.
+        if django.pending > frontend.max_queue:
             frontend.worker.metrics.rejected.inc()
             code, reason, headers, body = json_response(
                 503, {"error": "server busy: request queue full", "max_queue": frontend.max_queue}
             )
             self._respond((code, reason, [*headers, ("Retry-After", "1")], body))
             return
-        self._await(self._run_django())
+        try:
+            job = self._submit_to_django()
+        except Exception:
+            logger.exception("request failed inside the server")
+            self._respond(internal_error())
+            return
+        self._await(self._run_django(job))
 
     def on_connection_close(self) -> None:
         self.chunks = []
@@ -209,7 +218,8 @@ class RequestReader(httputil.HTTPMessageDelegate):
             response = internal_error()
         self._respond(response)
 
-    async def _run_django(self) -> Response:
+    def _submit_to_django(self) -> asyncio.Future[Response]:
+        """Queue the request on the Django thread now, so the next request's queue check sees it."""
         frontend = self.frontend
         worker = frontend.worker
         assert self.start_line is not None and self.headers is not None
@@ -227,10 +237,13 @@ class RequestReader(httputil.HTTPMessageDelegate):
         app = worker.application
         assert app is not None
         frontend.django_requests += 1
-        response = await worker.django.submit(
+        return worker.django.submit(
             lambda: call_application(app, environ), f"{self.start_line.method} {self.start_line.path}"
         )
-        worker.request_done(frontend.django_requests)
+
+    async def _run_django(self, job: asyncio.Future[Response]) -> Response:
+        response = await job
+        self.frontend.worker.request_done(self.frontend.django_requests)
         return response
 
     # -- responses --------------------------------------------------------------
@@ -302,3 +315,96 @@ class RequestReader(httputil.HTTPMessageDelegate):
 
 
 Endpoint = Callable[[RequestReader], Awaitable[Response]]
+
+
+# -- client connections: what Tornado answers (or not) before a request reaches us --------------
+
+#: What Tornado writes for a request it cannot parse (tornado/http1connection.py), then closes.
+TORNADO_BARE_400 = b"HTTP/1.1 400 Bad Request\r\n\r\n"
+
+#: Seconds a connection refused with 431 keeps reading (and dropping) what the client still
+#: sends: closing with unread input would reset the connection before the client reads the 431.
+LINGER_SECONDS = 2.0
+
+
+class ClientStream(IOStream):
+    """A client connection, fixing two answers Tornado gives before any request is read.
+
+    * A request head over ``--max_header_size``: Tornado just closes the
+      connection, so the client gets no response at all (and a proxy in front
+      reports a 502 for the client's error). Here it gets 431.
+    * A request Tornado cannot parse gets Tornado's bare 400, which has no
+      ``Date`` (RFC 9110 6.6.1) and no ``Content-Length``; here it has both.
+    """
+
+    frontend: Frontend
+
+    def write(self, data: bytes | memoryview) -> asyncio.Future[None]:
+        if data == TORNADO_BARE_400:
+            data = (
+                f"HTTP/1.1 400 Bad Request\r\nDate: {http_date()}\r\nContent-Length: 0\r\n"
+                "Connection: close\r\n\r\n"
+            ).encode("latin-1")
+        return super().write(data)
+
+    def close(self, exc_info: Any = False) -> None:
+        # The request head is the only read with a regex (the blank line) and a size limit.
+        head_too_large = isinstance(exc_info, UnsatisfiableReadError) and self._read_regex is not None
+        if head_too_large and not self.closed():
+            refuse_large_head(self.frontend, self.socket)
+        super().close(exc_info)
+
+
+class HTTPFront(HTTPServer):
+    """Tornado's ``HTTPServer``, with :class:`ClientStream` client connections."""
+
+    def handle_stream(self, stream: IOStream, address: tuple[Any, ...]) -> None:
+        if type(stream) is IOStream:
+            stream.__class__ = ClientStream
+            stream.frontend = self.request_callback  # type: ignore[attr-defined]
+        super().handle_stream(stream, address)
+
+
+def refuse_large_head(frontend: Frontend, sock: socket.socket) -> None:
+    """Answer 431 on ``sock`` and close it gently (see :data:`LINGER_SECONDS`)."""
+    started = time.monotonic()
+    limit = frontend.worker.options.max_header_size
+    code, reason, header_list, body = json_response(
+        431, {"error": "request line and headers too large", "max_header_size": limit}
+    )
+    headers = [*header_list, ("Date", http_date()), ("Content-Length", str(len(body)))]
+    headers.append(("Connection", "close"))
+    head = f"HTTP/1.1 {code} {reason}\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers) + "\r\n"
+    try:
+        peer = sock.getpeername()[0]
+        conn = sock.dup()  # outlives Tornado's close of the original
+    except OSError:
+        return
+    logger.info("request head from %s is over --max_header_size (%d bytes): 431", peer, limit)
+    frontend.worker.metrics.observe("-", code, time.monotonic() - started)
+    try:
+        conn.setblocking(False)
+        conn.send(head.encode("latin-1") + body)
+        conn.shutdown(socket.SHUT_WR)
+    except OSError:
+        conn.close()
+        return
+    loop = asyncio.get_running_loop()
+
+    def done() -> None:
+        timer.cancel()
+        loop.remove_reader(conn)
+        conn.close()
+
+    def discard() -> None:
+        try:
+            if conn.recv(65536):
+                return
+        except BlockingIOError:
+            return
+        except OSError:
+            pass
+        done()  # the client has closed its side
+
+    timer = loop.call_later(LINGER_SECONDS, done)
+    loop.add_reader(conn, discard)

@@ -33,7 +33,7 @@ from tornado.options import OptionParser
 from . import systemd
 from .djangothread import DjangoThread
 from .endpoints import Health, MetricsEndpoint, check_databases
-from .http import Endpoint, Frontend
+from .http import Endpoint, Frontend, HTTPFront
 from .metrics import Metrics
 from .wsgi import WSGIApp
 
@@ -126,7 +126,7 @@ class Worker:
 
         frontend = Frontend(self)
         self.frontend = frontend
-        server = HTTPServer(
+        server = HTTPFront(  # answers 431 for a head over --max_header_size; Tornado closes silently
             frontend,
             max_header_size=self.options.max_header_size,
             idle_connection_timeout=self.options.idle_connection_timeout,
