@@ -66,6 +66,8 @@ class Child:
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     stopping: bool = False
     retired: bool = False  # replaced on purpose: its exit is expected
+    #: Start-up or a rolling restart waits for its READY and handles its failure itself.
+    awaited: bool = False
 
 
 class Launcher:
@@ -86,6 +88,7 @@ class Launcher:
         self.exit_code = 0
         self.rolling: asyncio.Task[None] | None = None
         self.tmp = Path(tempfile.mkdtemp(prefix="appserver-launcher-"))
+        self.spawned = 0
         self._done = asyncio.Event()
 
     # -- start-up ------------------------------------------------------------------
@@ -110,7 +113,7 @@ class Launcher:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.add_signal_handler(signum, self._on_signal, signum)
-        started = [await self.spawn(port) for port in self.ports]
+        started = [await self.spawn(port, awaited=True) for port in self.ports]
         failed = await self._wait_ready(started)
         if failed:
             logger.error("worker(s) on port(s) %s failed to start; stopping", ", ".join(map(str, failed)))
@@ -122,10 +125,12 @@ class Launcher:
         await self._done.wait()
         return self.exit_code
 
-    async def spawn(self, port: int) -> Child:
+    async def spawn(self, port: int, awaited: bool = False) -> Child:
         """Start a worker for ``port`` on the shared listening socket."""
         sock = self.sockets[port]
-        notify_path = self.tmp / f"notify-{port}-{time.monotonic_ns()}.sock"
+        # Short: a unix socket path has at most 107 bytes, and $TMPDIR may be long.
+        self.spawned += 1
+        notify_path = self.tmp / f"{port}.{self.spawned}"
         notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
         notify.bind(str(notify_path))
         notify.setblocking(False)
@@ -144,7 +149,7 @@ class Launcher:
             # reaches workers only through the launcher, exactly once.
             start_new_session=True,
         )
-        child = Child(port, proc, notify, notify_path)
+        child = Child(port, proc, notify, notify_path, awaited=awaited)
         asyncio.get_running_loop().add_reader(notify.fileno(), self._on_notify, child)
         asyncio.ensure_future(self._watch(child))
         logger.info("port %d: started worker pid %d", port, proc.pid)
@@ -198,6 +203,8 @@ class Launcher:
                 self.exit_code = self.exit_code or 1
             self._check_all_gone()
             return
+        if child.awaited and not child.ready.is_set():
+            return  # never ready: start-up or the rolling restart waiting for it gives up instead
         if self.children.get(port) is not child:
             return
         lived = time.monotonic() - child.started
@@ -279,7 +286,7 @@ class Launcher:
             old = self.children[port]
             old.retired = True
             self.restarts[port] += 1
-            new = await self.spawn(port)
+            new = await self.spawn(port, awaited=True)
             failed = await self._wait_ready([new])
             if not failed and not await self._answers_health(port, new.proc.pid):
                 failed = [port]
@@ -334,8 +341,8 @@ def describe_exit(code: int | None) -> str:
 def run_launcher(options: OptionParser, argv: list[str]) -> int:
     """Entry point for ``--ports``."""
     launcher = Launcher(options, argv)
-    launcher.bind()
     try:
+        launcher.bind()
         return asyncio.run(launcher.run())
     finally:
         for path in launcher.tmp.glob("*"):
