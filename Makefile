@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PORT   ?= 8001
 
-.PHONY: run test test-fast test-django lint format docs clean
+.PHONY: run test test-fast test-django bench bench-quick lint format docs clean
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt scripts/sysdeps.sh
 	scripts/sysdeps.sh build
@@ -33,6 +33,20 @@ test-fast: $(BIN)/.installed
 test-django: $(BIN)/.installed
 	scripts/sysdeps.sh test
 	$(BIN)/python scripts/django_suite.py
+
+$(BIN)/.bench-installed: $(BIN)/.installed requirements-bench.txt
+	$(BIN)/python -m pip install -q -r requirements-bench.txt
+	touch $@
+
+## make bench: wrk → nginx → 2 workers → MariaDB, this server vs gunicorn vs Django's default
+bench: $(BIN)/.bench-installed
+	scripts/sysdeps.sh test
+	$(BIN)/python bench/run.py
+
+## make bench-quick: one short round of the same (under a minute)
+bench-quick: $(BIN)/.bench-installed
+	scripts/sysdeps.sh test
+	$(BIN)/python bench/run.py --quick
 
 ## make lint: ruff and mypy, as CI runs them
 lint: $(BIN)/.installed

@@ -1,0 +1,426 @@
+"""``make bench``: the whole stack on loopback, this server against the alternatives.
+
+Topology, the same for every backend: wrk → nginx (1 worker, upstream
+keepalive, config rendered by ``deploy``) → 2 backend processes (ports) →
+MySQL/MariaDB, on the demo's ``GET /api/notes/<id>`` and ``POST /api/notes``.
+
+Backends, all with the same Django project and settings apart from what is named:
+
+* A: this server + djpool (the product);
+* B: gunicorn sync, one worker per port, Django's MySQL backend, ``CONN_MAX_AGE=None``;
+* C: this server with Django's own MySQL backend and ``CONN_MAX_AGE=0`` (Django's default).
+
+Rounds alternate the backends (A B C, A B C, ...) so drift hits all alike.
+Reported per backend: req/s, p50/p99 latency, backend CPU µs per request
+(utime+stime from /proc over the measured window), server-side connections
+opened during the window (the ``Connections`` status counter), errors; medians
+over the rounds and ratios to B. Written to bench/results/latest.md and
+latest.png. Nothing here checks a number against a target: that is for people
+reading the report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.support import MariaDB, MySQLServer, free_port, migrate, server_from_url  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results"
+PYTHON = sys.executable
+POST_LUA = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+counter = 0
+request = function()
+  counter = counter + 1
+  return wrk.format(nil, nil, nil, '{"text": "bench ' .. counter .. '"}')
+end
+"""
+
+
+@dataclass
+class Backend:
+    """How to start one of the compared backends on two ports."""
+
+    key: str
+    label: str
+    env: dict[str, str]
+    kind: str  # "server" or "gunicorn"
+
+
+BACKENDS = (
+    Backend("A", "this server + djpool", {}, "server"),
+    Backend("B", "gunicorn sync, CONN_MAX_AGE=None", {"DATABASE_POOL": "0", "DATABASE_CONN_MAX_AGE": "none"}, "gunicorn"),
+    Backend("C", "this server, Django default (CONN_MAX_AGE=0)", {"DATABASE_POOL": "0", "DATABASE_CONN_MAX_AGE": "0"}, "server"),
+)
+
+
+@dataclass
+class Sample:
+    """One measured window."""
+
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    cpu_us: float
+    connections: int
+    errors: int
+    requests: int
+
+
+@dataclass
+class Result:
+    """All samples of one backend on one endpoint."""
+
+    samples: list[Sample] = field(default_factory=list)
+
+    def median(self, attr: str) -> float:
+        return statistics.median(getattr(s, attr) for s in self.samples)
+
+
+# -- processes ------------------------------------------------------------------------
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """utime + stime of ``pids`` (seconds)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / tick
+
+
+def children_of(pid: int) -> list[int]:
+    """``pid`` and its descendants."""
+    found = [pid]
+    try:
+        out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    except FileNotFoundError:
+        return found
+    for child in out:
+        found += children_of(int(child))
+    return found
+
+
+def wait_http(url: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status < 500:
+                    return
+        except Exception:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not answer within {timeout}s")
+
+
+class Running:
+    """A backend's two processes."""
+
+    def __init__(self, backend: Backend, database_url: str, ports: list[int], log: Path) -> None:
+        env = {**os.environ, "DATABASE_URL": database_url, "DJANGO_SETTINGS_MODULE": "conf.settings", **backend.env}
+        env.pop("DJANGO_DEBUG", None)
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.log = open(log, "ab")
+        for port in ports:
+            if backend.kind == "server":
+                args = [PYTHON, "server.py", f"--port={port}", "--log_format=off", "--logging=warning"]
+            else:
+                args = [
+                    PYTHON, "-m", "gunicorn", "conf.wsgi:application", "-b", f"127.0.0.1:{port}",
+                    "-w", "1", "-k", "sync", "--log-level", "warning", "--backlog", "1024",
+                ]
+            self.procs.append(subprocess.Popen(args, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT))
+        for port in ports:
+            wait_http(f"http://127.0.0.1:{port}/api/notes/1")
+
+    def pids(self) -> list[int]:
+        return [p for proc in self.procs for p in children_of(proc.pid)]
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        self.log.close()
+
+
+# -- nginx ------------------------------------------------------------------------------
+
+
+class Nginx:
+    """nginx in a temporary prefix, proxying to the backend ports (config from ``deploy``)."""
+
+    def __init__(self, workdir: Path, ports: list[int]) -> None:
+        self.port = free_port()
+        self.prefix = workdir / "nginx"
+        (self.prefix / "logs").mkdir(parents=True, exist_ok=True)
+        conf = self.prefix / "nginx.conf"
+        conf.write_text(render_nginx(self.prefix, self.port, ports))
+        binary = shutil.which("nginx") or "/usr/sbin/nginx"
+        self.proc = subprocess.Popen(
+            [binary, "-p", str(self.prefix), "-c", str(conf), "-g", "daemon off;"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise RuntimeError(f"nginx did not start: {(self.prefix / 'logs' / 'error.log').read_text()}")
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGQUIT)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def render_nginx(prefix: Path, listen: int, ports: list[int]) -> str:
+    """A complete nginx.conf for the benchmark (TODO: the deploy renderer's blocks)."""
+    servers = "\n".join(f"        server 127.0.0.1:{p} max_fails=3 fail_timeout=10s;" for p in ports)
+    return f"""
+worker_processes 1;
+pid {prefix}/nginx.pid;
+error_log {prefix}/logs/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {prefix}/client_body;
+    proxy_temp_path {prefix}/proxy;
+    fastcgi_temp_path {prefix}/fastcgi;
+    uwsgi_temp_path {prefix}/uwsgi;
+    scgi_temp_path {prefix}/scgi;
+    upstream app {{
+        least_conn;
+{servers}
+        keepalive 16;
+        keepalive_timeout 60s;
+    }}
+    server {{
+        listen 127.0.0.1:{listen};
+        location / {{
+            proxy_pass http://app;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $http_host;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_set_header X-Real-IP $remote_addr;
+            proxy_next_upstream error timeout http_503;
+        }}
+    }}
+}}
+"""
+
+
+# -- load -------------------------------------------------------------------------------
+
+
+_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+
+
+def parse_wrk(output: str) -> tuple[float, float, float, int, int]:
+    """req/s, p50 ms, p99 ms, errors, requests from ``wrk --latency`` output."""
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
+    requests = int(re.search(r"(\d+) requests in", output).group(1))  # type: ignore[union-attr]
+
+    def pct(p: str) -> float:
+        m = re.search(rf"^\s+{p}%\s+([\d.]+)(us|ms|s)\b", output, re.M)
+        return float(m.group(1)) * _UNITS[m.group(2)] if m else float("nan")
+
+    errors = 0
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    if m:
+        errors += int(m.group(1))
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
+    if m:
+        errors += sum(int(x) for x in m.groups())
+    return rps, pct("50"), pct("99"), errors, requests
+
+
+def run_wrk(url: str, seconds: float, connections: int, script: Path | None) -> str:
+    args = ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--latency", url]
+    if script is not None:
+        args[1:1] = ["-s", str(script)]
+    return subprocess.run(args, capture_output=True, text=True, check=True, timeout=seconds + 30).stdout
+
+
+def measure(
+    running: Running, mysql: MySQLServer, url: str, seconds: float, connections: int, script: Path | None
+) -> Sample:
+    run_wrk(url, 1.0, connections, script)  # warm-up: connections made, caches filled
+    pids = running.pids()
+    cpu0, conn0 = cpu_seconds(pids), mysql.connections_counter()
+    out = run_wrk(url, seconds, connections, script)
+    cpu1, conn1 = cpu_seconds(pids), mysql.connections_counter()
+    rps, p50, p99, errors, requests = parse_wrk(out)
+    # The two counter reads are themselves connections; don't charge them to the backend.
+    return Sample(rps, p50, p99, (cpu1 - cpu0) / max(requests, 1) * 1e6, conn1 - conn0 - 1, errors, requests)
+
+
+# -- report -----------------------------------------------------------------------------
+
+
+def report(results: dict[tuple[str, str], Result], args: argparse.Namespace, elapsed: float) -> str:
+    lines = [
+        f"# Benchmark ({'quick' if args.quick else 'full'}), {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
+        "",
+        f"wrk -c{args.connections} → nginx (1 worker, keepalive) → 2 backend processes → MySQL; "
+        f"{args.rounds} rounds × {args.seconds:g} s per backend and endpoint, backends alternating; "
+        f"medians. Took {elapsed:.0f} s. CPU is the backend processes' user+system time per request.",
+        "",
+    ]
+    for endpoint in ("GET /api/notes/<id>", "POST /api/notes"):
+        b_rps = results[("B", endpoint)].median("rps")
+        b_cpu = results[("B", endpoint)].median("cpu_us")
+        lines += [
+            f"## {endpoint}",
+            "",
+            "| backend | req/s | × B | p50 ms | p99 ms | CPU µs/req | × B | new DB connections | errors |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for b in BACKENDS:
+            r = results[(b.key, endpoint)]
+            lines.append(
+                f"| {b.key}: {b.label} | {r.median('rps'):.0f} | {r.median('rps') / b_rps:.2f} | "
+                f"{r.median('p50_ms'):.2f} | {r.median('p99_ms'):.2f} | {r.median('cpu_us'):.0f} | "
+                f"{r.median('cpu_us') / b_cpu:.2f} | {int(r.median('connections'))} | "
+                f"{sum(s.errors for s in r.samples)} |"
+            )
+        a, c = results[("A", endpoint)], results[("C", endpoint)]
+        lines += ["", f"A/C throughput: {a.median('rps') / c.median('rps'):.2f}×", ""]
+    return "\n".join(lines) + "\n"
+
+
+def chart(results: dict[tuple[str, str], Result], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    endpoints = ("GET /api/notes/<id>", "POST /api/notes")
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    colors = {"A": "#2a7ab0", "B": "#999999", "C": "#d08030"}
+    for ax, metric, title in ((axes[0], "rps", "throughput (req/s, higher is better)"),
+                              (axes[1], "cpu_us", "backend CPU per request (µs, lower is better)")):
+        width = 0.25
+        for i, b in enumerate(BACKENDS):
+            values = [results[(b.key, e)].median(metric) for e in endpoints]
+            bars = ax.bar([x + (i - 1) * width for x in range(len(endpoints))], values, width,
+                          label=f"{b.key}: {b.label}", color=colors[b.key])
+            ax.bar_label(bars, fmt="%.0f", fontsize=8)
+        ax.set_xticks(range(len(endpoints)), endpoints)
+        ax.set_title(title, fontsize=10)
+    axes[0].legend(fontsize=8, loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+# -- main -------------------------------------------------------------------------------
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="one round of 3 s (make bench-quick)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--database-url",
+        help="use this MySQL server (a database is created and dropped there) instead of a "
+        "throwaway MariaDB; its global Connections counter must not be shared with other clients",
+    )
+    args = parser.parse_args()
+    if args.quick:
+        args.rounds, args.seconds = 1, 3.0
+    started = time.monotonic()
+    args.out.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix="bench-"))
+    own: MariaDB | None = None
+    if args.database_url:
+        mysql = server_from_url(args.database_url)
+    else:
+        # A server of our own: its Connections counter and CPU see only the benchmark.
+        own = MariaDB()
+        own.start()
+        mysql = own.server
+    db = mysql.create_database()
+    try:
+        database_url = mysql.url(db)
+        migrate(database_url, settings="conf.settings")
+        conn = mysql.connect(db)
+        conn.cursor().executemany(
+            "INSERT INTO notes_note (text, created) VALUES (%s, NOW())", [(f"note {i}",) for i in range(100)]
+        )
+        conn.close()
+        note_id = mysql.query("SELECT MIN(id) FROM notes_note", db=db)[0][0]
+        script = workdir / "post.lua"
+        script.write_text(POST_LUA)
+        ports = [free_port(), free_port()]
+        nginx = Nginx(workdir, ports)
+        results: dict[tuple[str, str], Result] = {}
+        try:
+            for round_no in range(1, args.rounds + 1):
+                for backend in BACKENDS:
+                    running = Running(backend, database_url, ports, workdir / f"{backend.key}.log")
+                    try:
+                        for endpoint, path, lua in (
+                            ("GET /api/notes/<id>", f"/api/notes/{note_id}", None),
+                            ("POST /api/notes", "/api/notes", script),
+                        ):
+                            sample = measure(running, mysql, f"http://127.0.0.1:{nginx.port}{path}",
+                                             args.seconds, args.connections, lua)
+                            results.setdefault((backend.key, endpoint), Result()).samples.append(sample)
+                            print(f"round {round_no} {backend.key} {endpoint}: {sample.rps:.0f} req/s, "
+                                  f"{sample.cpu_us:.0f} µs CPU/req, {sample.connections} connections, "
+                                  f"{sample.errors} errors", flush=True)
+                    finally:
+                        running.stop()
+        finally:
+            nginx.stop()
+        text = report(results, args, time.monotonic() - started)
+        (args.out / "latest.md").write_text(text)
+        (args.out / "latest.json").write_text(json.dumps(
+            {f"{k[0]} {k[1]}": [s.__dict__ for s in v.samples] for k, v in results.items()}, indent=1))
+        chart(results, args.out / "latest.png")
+        print(text)
+    finally:
+        mysql.drop_database(db)
+        if own is not None:
+            own.destroy()
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
