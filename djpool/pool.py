@@ -87,6 +87,10 @@ class Record:
     flags: set[str] = field(default_factory=set)
     #: Set by the engine once its per-connection set-up statements ran.
     prepared: bool = False
+    #: Set by the engine (monotonic time) whenever it sends a statement. The
+    #: server's idle clock starts at the last statement, not at the hand-back,
+    #: so idleness is measured from here when the engine reports it.
+    last_statement: float | None = None
     uses: int = 0
 
 
@@ -183,7 +187,9 @@ class Pool(Generic[C]):
             if reason is None and len(self._idle) >= self.options.size:
                 reason = "overflow"
             if reason is None:
-                record.last_used = now
+                last = record.last_statement
+                record.last_used = now if last is None else min(last, now)
+                record.last_statement = None
                 self._idle.append(record)
             self._cond.notify()
         if reason is not None:
@@ -248,7 +254,7 @@ class Pool(Generic[C]):
         if os.getpid() != self.pid:
             raise RuntimeError(
                 f"djpool {self.name!r} was created in process {self.pid} and used in "
-                f"{os.getpid()}; use djpool.pool_for() to get this process's pool"
+                f"{os.getpid()}; use djpool.pool.pool_for() to get this process's pool"
             )
 
     def _open_new(self, replacing: str | None) -> C:

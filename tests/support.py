@@ -155,6 +155,9 @@ class MariaDB:
     def install(self) -> None:
         """Create the system tables; root may log in over TCP with no password."""
         (self.dir / "data").mkdir()
+        if os.geteuid() == 0:
+            # mkdtemp() made the directory 0700 root: mariadbd (as mysql) must get in.
+            subprocess.run(["chown", "-R", "mysql:mysql", str(self.dir)], check=True)
         subprocess.run(
             [
                 self.binary("mariadb-install-db"),

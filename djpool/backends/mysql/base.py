@@ -6,7 +6,7 @@ engine behaves exactly like ``django.db.backends.mysql``, plus fork safety.
 
 Only the hooks Django means backends to override are overridden:
 ``get_connection_params``, ``get_new_connection``, ``init_connection_state``,
-``create_cursor``, ``_close``, ``is_usable`` and the error wrapper. Django's
+``create_cursor``, ``_close``, ``is_usable``, ``_set_autocommit`` and the error wrapper. Django's
 ``close()`` therefore hands the connection back to the pool instead of closing
 it, and the next ``connect()`` takes it out again, after an idle-aware
 liveness check.
@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from typing import Any
 
 import MySQLdb
 from django.db import connections
 from django.db.backends.mysql import base as mysql_base
-from django.db.utils import DatabaseErrorWrapper
+from django.db.utils import DatabaseError, DatabaseErrorWrapper
 from django.utils.asyncio import async_unsafe
 from django.utils.functional import cached_property
 
@@ -198,9 +199,11 @@ class DatabaseWrapper(mysql_base.DatabaseWrapper):
             self._fresh_checkout and self.get_autocommit() and not self.in_atomic_block
         )
         self._fresh_checkout = False
-        if not self._internal_statements:
-            record = self._record()
-            if record is not None:
+        record = self._record()
+        if record is not None:
+            # The server's idle clock restarts with every statement.
+            record.last_statement = time.monotonic()
+            if not self._internal_statements:
                 note_statement(record, query)
         return replayable
 
@@ -220,17 +223,42 @@ class DatabaseWrapper(mysql_base.DatabaseWrapper):
                     f"replayed, the next request gets a fresh connection)",
                 ) from exc
             raise exc
-        reason = f"disconnect {code}: {exc.args[1] if len(exc.args) > 1 else exc}"
-        self.connection = pool.replace(self.connection, reason)
+        self._replace_connection(pool, code, exc)
+        return self.connection.cursor()
+
+    def _replace_connection(self, pool: Pool[Any], code: int, exc: BaseException) -> None:
+        """Swap the lost connection for a fresh, prepared one (for the one retry)."""
+        self.connection = pool.replace(self.connection, _disconnect_reason(code, exc))
         self._pool = pool
         self.connection.autocommit(self.settings_dict["AUTOCOMMIT"])
         self.init_connection_state()
         self._fresh_checkout = False
-        return self.connection.cursor()
+
+    def _set_autocommit(self, autocommit: bool) -> None:
+        # atomic() (and ATOMIC_REQUESTS) talks to the server first with SET
+        # autocommit=0, not through a cursor: when that is the first round trip
+        # after checkout, nothing has happened on the lost session yet, so it is
+        # retried once on a fresh connection like a first statement.
+        replayable = self._fresh_checkout and not self.in_atomic_block and self._pool is not None
+        try:
+            super()._set_autocommit(autocommit)
+        except DatabaseError as exc:
+            cause = exc.__cause__
+            code = disconnect_code(cause) if cause is not None else None
+            if not replayable or code is None or self._pool is None or cause is None:
+                raise
+            self._replace_connection(self._pool, code, cause)
+            super()._set_autocommit(autocommit)
 
     def _mark_broken(self, code: int, exc: BaseException) -> None:
         if self._pool is not None and self.connection is not None:
-            self._pool.mark_broken(self.connection, f"disconnect {code}: {exc}")
+            self._pool.mark_broken(self.connection, _disconnect_reason(code, exc))
+
+
+def _disconnect_reason(code: int, exc: BaseException) -> str:
+    """``disconnect 2013: Lost connection ...``: the discard reason, with the MySQL error code."""
+    args = getattr(exc, "args", ())
+    return f"disconnect {code}: {args[1] if len(args) > 1 else exc}"
 
 
 def _after_fork_in_child() -> None:

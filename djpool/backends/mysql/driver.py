@@ -34,6 +34,10 @@ CONSTRAINT_CHECKS_OFF = "constraint checks off"
 SESSION_CHANGED = "session state changed"
 
 _FK_CHECKS = re.compile(r"\s*SET\s+(?:SESSION\s+|@@SESSION\.)?FOREIGN_KEY_CHECKS\s*=\s*(\w+)\s*;?\s*$", re.I)
+# Session state left by statements that are not SET: a user variable assigned in
+# a SELECT (``@v := ...``, ``... INTO @v``) and a named lock (GET_LOCK), which
+# outlives the request that took it.
+_HIDDEN_STATE = re.compile(r":=|\bINTO\s+@|\bGET_LOCK\s*\(", re.I)
 
 
 def disconnect_code(exc: BaseException) -> int | None:
@@ -67,6 +71,8 @@ def note_statement(record: Record, sql: Any) -> None:
                 record.flags.discard(CONSTRAINT_CHECKS_OFF)
     elif head.startswith(("LOCK", "USE ", "CREATE TEMPORARY", "PREPARE", "HANDLER")):
         record.flags.add(SESSION_CHANGED)
+    elif _HIDDEN_STATE.search(sql):
+        record.flags.add(SESSION_CHANGED)
 
 
 class MySQLDriver:
@@ -86,12 +92,14 @@ class MySQLDriver:
         if CONSTRAINT_CHECKS_OFF in record.flags:
             return "unknown session state: foreign key checks left disabled"
         if SESSION_CHANGED in record.flags:
-            return "unknown session state: SET/LOCK/USE/temporary table issued"
+            return "unknown session state: SET/LOCK/USE/temporary table/user variable/named lock"
         # get_autocommit() reads the client's copy of the server status: no round trip.
         if not conn.get_autocommit() or TRANSACTION_OPENED in record.flags:
             conn.rollback()
+            record.last_statement = None  # the session was just active
         if conn.get_autocommit() != self.autocommit:
             conn.autocommit(self.autocommit)
+            record.last_statement = None
         return None
 
     def close(self, conn: Any) -> None:
