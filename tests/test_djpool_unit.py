@@ -496,6 +496,28 @@ def test_session_state_changed_without_set_is_not_handed_to_the_next_request(
     assert result["stats"]["discards"] == {"unknown session state": 1}
 
 
+def test_a_set_run_by_a_connection_created_receiver_keeps_the_connection_reused(mysql: MySQLServer) -> None:
+    # Django sends connection_created at every checkout; a receiver that sets up the
+    # session is the application's baseline, not a change to throw the connection away for.
+    result, _ = run_django(
+        """
+        from django.db.backends.signals import connection_created
+
+        def utc_session(sender, connection, **kwargs):
+            with connection.cursor() as cursor:
+                cursor.execute("SET time_zone = '+00:00'")
+
+        connection_created.connect(utc_session)
+        seen = [request(lambda: query("SELECT CONNECTION_ID(), @@session.time_zone")[0]) for _ in range(5)]
+        emit({"seen": seen, "stats": djpool.stats()["default"]})
+        """,
+        database(mysql),
+    )
+    assert {tuple(row) for row in result["seen"]} == {(result["seen"][0][0], "+00:00")}
+    assert result["stats"]["connects"] == 1
+    assert result["stats"]["discards"] == {}
+
+
 # -- fork safety ------------------------------------------------------------------------
 
 

@@ -6,7 +6,8 @@ engine behaves exactly like ``django.db.backends.mysql``, plus fork safety.
 
 Only the hooks Django means backends to override are overridden:
 ``get_connection_params``, ``get_new_connection``, ``init_connection_state``,
-``create_cursor``, ``_close``, ``is_usable``, ``_set_autocommit`` and the error wrapper. Django's
+``connect`` (only to wrap it), ``create_cursor``, ``_close``, ``is_usable``,
+``_set_autocommit`` and the error wrapper. Django's
 ``close()`` therefore hands the connection back to the pool instead of closing
 it, and the next ``connect()`` takes it out again, after an idle-aware
 liveness check.
@@ -150,15 +151,26 @@ class DatabaseWrapper(mysql_base.DatabaseWrapper):
         self._fresh_checkout = True
         return conn
 
+    @async_unsafe
+    def connect(self) -> None:
+        # Statements run while connecting, Django's set-up and those of
+        # connection_created receivers (sent at every checkout), establish the
+        # application's baseline session state: not changes to discard it for.
+        self._internal_statements = True
+        try:
+            super().connect()
+        finally:
+            self._internal_statements = False
+
     def init_connection_state(self) -> None:
         record = self._record()
         if record is not None and record.prepared:
             return  # Django's SET statements already ran on this session
-        self._internal_statements = True
+        internal, self._internal_statements = self._internal_statements, True
         try:
             super().init_connection_state()
         finally:
-            self._internal_statements = False
+            self._internal_statements = internal
         if record is not None:
             record.prepared = True
         self._fresh_checkout = True
