@@ -358,6 +358,11 @@ class ClientStream(IOStream):
 class HTTPFront(HTTPServer):
     """Tornado's ``HTTPServer``, with :class:`ClientStream` client connections."""
 
+    @property
+    def connection_count(self) -> int:
+        """Client connections open now (idle keep-alive ones included)."""
+        return len(self._connections)
+
     def handle_stream(self, stream: IOStream, address: tuple[Any, ...]) -> None:
         if type(stream) is IOStream:
             stream.__class__ = ClientStream

@@ -26,7 +26,6 @@ import time
 import traceback
 from typing import Any
 
-from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 from tornado.options import OptionParser
 
@@ -41,6 +40,11 @@ logger = logging.getLogger("appserver")
 
 #: Exit code of a worker that gave up draining (graceful timeout or second signal).
 EXIT_UNFINISHED = 3
+
+#: Seconds a draining worker keeps idle keep-alive connections open once nothing is in
+#: flight: a request may already be on its way on one of them (a proxy reuses its idle
+#: upstream connections). It is answered, and its connection closed after the response.
+KEEPALIVE_GRACE = 0.5
 
 
 class StartupError(Exception):
@@ -254,10 +258,22 @@ class Worker:
         logging.shutdown()
         os._exit(EXIT_UNFINISHED if unfinished else 0)
 
-    async def _drain(self, server: HTTPServer, frontend: Frontend) -> int:
+    async def _drain(self, server: HTTPFront, frontend: Frontend) -> int:
         server.stop()  # no new connections; our copy of the listening socket closes
+        # From now on Tornado closes every connection after its response, instead of only
+        # saying "Connection: close" and keeping it open for the next request.
+        server.conn_params.no_keep_alive = True
         deadline = time.monotonic() + self.options.graceful_timeout
-        while frontend.in_flight and time.monotonic() < deadline:
+        quiet_since: float | None = None
+        while time.monotonic() < deadline:
+            if frontend.in_flight:
+                quiet_since = None
+            elif not server.connection_count:
+                break
+            elif quiet_since is None:
+                quiet_since = time.monotonic()
+            elif time.monotonic() - quiet_since >= KEEPALIVE_GRACE:
+                break  # only idle keep-alive connections are left
             await asyncio.sleep(0.02)
         if frontend.in_flight:
             self._exit_now(f"graceful timeout ({self.options.graceful_timeout:g} s)")
