@@ -15,5 +15,7 @@ urlpatterns = [
     path("test/insert-then-sleep", views.insert_then_sleep),
     path("test/fk-checks-off", views.fk_checks_off),
     path("test/session-var", views.session_var),
+    path("test/form", views.form_counts),
+    path("test/client", views.client_info),
     path("", include(demo_urls)),
 ]

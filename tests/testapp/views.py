@@ -6,6 +6,7 @@ import time
 
 from django.db import connection, transaction
 from django.http import HttpRequest, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
 
 from conf.notes.models import Note
 
@@ -73,3 +74,14 @@ def session_var(request: HttpRequest) -> JsonResponse:
         cursor.execute("SELECT @djpool_test, @@foreign_key_checks, CONNECTION_ID()")
         value, fk, cid = cursor.fetchone()
     return JsonResponse({"value": value, "foreign_key_checks": fk, "connection_id": cid})
+
+
+@csrf_exempt
+def form_counts(request: HttpRequest) -> JsonResponse:
+    """How many form fields and ``upload`` files Django parsed from the request body."""
+    return JsonResponse({"fields": len(request.POST), "files": len(request.FILES.getlist("upload"))})
+
+
+def client_info(request: HttpRequest) -> JsonResponse:
+    """The client address and scheme as Django sees them (after the server's --xheaders handling)."""
+    return JsonResponse({"remote_addr": request.META["REMOTE_ADDR"], "is_secure": request.is_secure()})
