@@ -22,8 +22,8 @@ def mysql(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MySQLServer]:
         yield server
         return
     own = MariaDB()
-    own.start()
     try:
+        own.start()
         yield own.server
     finally:
         own.destroy()
@@ -33,11 +33,24 @@ def mysql(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MySQLServer]:
 def private_mariadb() -> Iterator[MariaDB]:
     """A MariaDB of the tests' own, which tests may stop and start (never a shared one)."""
     own = MariaDB()
-    own.start()
     try:
+        own.start()
         yield own
     finally:
         own.destroy()
+
+
+@pytest.fixture(scope="session")
+def private_app_db(private_mariadb: MariaDB) -> Iterator[tuple[MariaDB, str, str]]:
+    """A migrated demo database on the tests' own MariaDB: (server, database name, DATABASE_URL).
+
+    For tests that read server-wide counters (``Connections``, ``Com_rollback``),
+    which other clients of a shared server would disturb.
+    """
+    name = private_mariadb.server.create_database()
+    url = private_mariadb.server.url(name)
+    migrate(url)
+    yield private_mariadb, name, url
 
 
 @pytest.fixture(scope="session")

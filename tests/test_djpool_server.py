@@ -13,15 +13,14 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import pytest
 import requests
 
-from tests.support import MariaDB, MySQLServer, ServerProcess, migrate, wait_for
+from tests.support import MariaDB, MySQLServer, ServerProcess, wait_for
 
 Start = Callable[..., ServerProcess]
 
@@ -66,15 +65,6 @@ def error_lines(log: str) -> list[str]:
 
 def djpool_info_lines(log: str) -> list[str]:
     return [line for line in log.splitlines() if line.startswith("[I ") and " djpool]" in line]
-
-
-@pytest.fixture(scope="module")
-def private_app_db(private_mariadb: MariaDB) -> Iterator[tuple[MariaDB, str, str]]:
-    """A migrated demo database on the tests' own MariaDB: (server, database name, DATABASE_URL)."""
-    name = private_mariadb.server.create_database()
-    url = private_mariadb.server.url(name)
-    migrate(url)
-    yield private_mariadb, name, url
 
 
 # -- a connection that dies between requests --------------------------------------

@@ -14,7 +14,7 @@ from typing import Any, Callable
 import pytest
 import requests
 
-from tests.support import PYTHON, ROOT, MySQLServer, ServerProcess, free_port
+from tests.support import PYTHON, ROOT, MariaDB, MySQLServer, ServerProcess, free_port
 
 Start = Callable[..., ServerProcess]
 
@@ -45,10 +45,12 @@ def raw_http(port: int, data: bytes, timeout: float = 5.0) -> bytes:
 
 
 def test_1000_requests_use_one_server_side_connection(
-    start_server: Start, app_db: tuple[MySQLServer, str], app_db_url: str
+    start_server: Start, private_app_db: tuple[MariaDB, str, str]
 ) -> None:
-    mysql, db = app_db
-    server = start_server(app_db_url)
+    # The tests' own MariaDB: its global Connections counter sees only this test.
+    own, db, url = private_app_db
+    mysql = own.server
+    server = start_server(url)
     note = server.post("/api/notes", json={"text": "persistent"}).json()
     before = server.health()["db"]["default"]["connection_id"]
     connections_before = mysql.connections_counter()
