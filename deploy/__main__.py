@@ -47,7 +47,10 @@ def _parser() -> argparse.ArgumentParser:
         "--host", action="append", help="restart this [[hosts]] name (repeatable; default: this machine's)"
     )
     sub.add_argument(
-        "--no-nginx", action="store_true", help="do not mark ports down in nginx even if conf_path is set"
+        "--mark-down",
+        action="store_true",
+        help="take each port out of nginx ([nginx] conf_path, reload_command) before draining it, "
+        "instead of waiting [nginx] fail_timeout between ports",
     )
     sub.add_argument(
         "--start-timeout",
@@ -99,7 +102,15 @@ def _rolling_restart(config: DeployConfig, args: argparse.Namespace) -> int:
         control = SupervisorControl(config, args.supervisor_conf, args.serverurl)
     else:
         control = SystemdControl(config)
-    marker = rolling.NginxMarker(config) if config.nginx.conf_path and not args.no_nginx else None
+    marker = None
+    if args.mark_down:
+        if not config.nginx.conf_path:
+            print(
+                "error: --mark-down needs [nginx] conf_path: where the nginx file is installed",
+                file=sys.stderr,
+            )
+            return 2
+        marker = rolling.NginxMarker(config)
     timeout = args.start_timeout or config.systemd.timeout_start_sec
     try:
         return rolling.rolling_restart(config, control, hosts, marker, start_timeout=timeout)

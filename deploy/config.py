@@ -161,10 +161,12 @@ class Nginx:
     )
     conf_path: str | None = key(
         None,
-        "where the rendered nginx file is installed; rolling-restart rewrites it there to mark "
-        "the port it restarts down (unset: rolling-restart leaves nginx alone)",
+        "where the rendered nginx file is installed; rolling-restart --mark-down rewrites it there "
+        "to take the port it restarts out of nginx",
     )
-    reload_command: str = key("nginx -s reload", "command rolling-restart runs after rewriting conf_path")
+    reload_command: str = key(
+        "nginx -s reload", "what rolling-restart --mark-down runs after rewriting conf_path"
+    )
 
 
 @dataclass(frozen=True)

@@ -1,26 +1,26 @@
 """``python -m deploy rolling-restart``: restart every worker of this host, one port at a time.
 
-For each port:
+For each port: stop the worker through supervisor or systemd (SIGTERM: it
+drains), start it again, wait until ``/-/health`` answers 200 from a new pid.
+Then, before the next port, one of:
 
-1. with ``[nginx] conf_path`` set, mark the port ``down`` in the installed
-   nginx file (the previous port comes back in the same edit), reload nginx,
-   and wait until nginx holds no connection to the port any more (old nginx
-   workers close their idle upstream connections when they exit);
-2. stop the worker through supervisor or systemd: SIGTERM, it drains;
-3. start it again and wait until ``/-/health`` answers 200 from a new pid.
+* default: wait ``[nginx] fail_timeout``. nginx counted the stopped worker's
+  refused connections as failures and, after ``max_fails`` of them, sends it
+  nothing for ``fail_timeout``; stopping the next worker sooner leaves fewer
+  live workers than it seems, with few ports none at all, and nginx answers
+  every request with 502 ("no live upstreams"). Requests refused by the
+  stopped worker are retried by nginx, POSTs too (nothing was sent).
+* ``--mark-down``: before stopping a worker, mark its port ``down`` in the
+  installed nginx file (the previous port comes back in the same edit),
+  reload nginx and wait until nginx holds no connection to the port; one more
+  reload at the end puts every port back. Faster (no waiting), and the worker
+  drains with nothing in flight; but each reload makes the old nginx workers
+  close their idle keep-alive connections to clients, and a client that sends
+  on one at that moment gets no response.
 
-After the last port, one more reload puts every port back. Why step 1: nginx
-retries a GET that fails on a closing connection, but never a POST it has
-already sent, so a POST that meets a draining worker's keep-alive connection
-as it closes, or a connection still in the closed listening socket's backlog,
-fails. Out of nginx, the worker drains with nothing in flight. Without step 1
-the restart waits ``fail_timeout`` after each port, or nginx, having counted
-the stopped worker's refused connections, may find no live worker left.
-docs/deploy.md has the measurements of both ways.
-
-If a new worker does not become healthy, the restart stops there: the port
-stays marked down, the remaining ports keep their old workers, and the
-command exits 1 saying so.
+docs/deploy.md has the measurements of both. If a new worker does not become
+healthy, the restart stops there (with --mark-down, its port stays marked
+down), the remaining ports keep their old workers, and it exits 1 saying so.
 """
 
 from __future__ import annotations
@@ -194,9 +194,7 @@ def rolling_restart(
             out.write("note: a single worker cannot be taken out of nginx; restarting it in place\n")
             marker = None
     else:
-        out.write(
-            "note: ports stay in nginx while their workers restart (no [nginx] conf_path, or --no-nginx)\n"
-        )
+        out.write("note: ports stay in nginx; waiting [nginx] fail_timeout between them (see --mark-down)\n")
     for index, (host, port) in enumerate(ports, 1):
         progress = Progress(out, index, len(ports), host, port)
         try:
@@ -205,7 +203,7 @@ def rolling_restart(
             progress.done("FAILED")
             report_failure(config, out, host, port, progress.stage, exc, marker, ports[index:])
             return 1
-        if marker is None and index < len(ports):
+        if marker is None:
             wait_readmitted(config, out)
     if marker is not None:
         marker.set_down(set())
@@ -235,13 +233,7 @@ def report_failure(
 
 
 def wait_readmitted(config: DeployConfig, out: TextIO) -> None:
-    """Without the mark-down: give nginx fail_timeout to take the restarted worker back.
-
-    nginx counted the refused connections of the stopped worker as failures and,
-    after max_fails of them, sends it nothing for fail_timeout. Stopping the next
-    worker before then leaves fewer live workers than there seem to be; with
-    few ports, none ("no live upstreams": every request fails with 502).
-    """
+    """Without --mark-down: give nginx fail_timeout to take the restarted worker back."""
     seconds = config.nginx.fail_timeout
     if config.nginx.max_fails and seconds:
         out.write(f"      waiting {seconds:g} s ([nginx] fail_timeout) for nginx to take it back\n")
