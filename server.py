@@ -14,9 +14,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from appserver.config import ConfigError, parse  # noqa: E402
-from appserver.launcher import run_launcher  # noqa: E402
-from appserver.worker import configure_logging, run_worker  # noqa: E402
+from appserver.config import ConfigError, parse
+from appserver.launcher import run_launcher
+from appserver.worker import configure_logging, run_worker
 
 
 def main(argv: list[str]) -> int:

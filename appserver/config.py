@@ -11,8 +11,9 @@ from __future__ import annotations
 import ipaddress
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from tornado.options import Error as OptionsError
 from tornado.options import OptionParser
@@ -201,8 +202,7 @@ SETTINGS: tuple[Setting, ...] = (
         "max_requests",
         int,
         0,
-        "drain and exit after this many requests, so the supervisor starts a fresh "
-        "process (0: never)",
+        "drain and exit after this many requests, so the supervisor starts a fresh process (0: never)",
         "N",
         _non_negative,
     ),
@@ -269,8 +269,7 @@ SETTINGS: tuple[Setting, ...] = (
         "fd",
         int,
         None,
-        "serve on this inherited listening socket instead of binding --port (used by "
-        "the --ports launcher)",
+        "serve on this inherited listening socket instead of binding --port (used by the --ports launcher)",
         "FD",
     ),
     Setting(
@@ -348,9 +347,7 @@ def _apply_toml(parser: OptionParser, path: str) -> None:
         if wanted is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if not isinstance(value, wanted) or (wanted is int and isinstance(value, bool)):
-            raise ConfigError(
-                f"--config {path}: [server] {key} = {value!r}: expected {wanted.__name__}"
-            )
+            raise ConfigError(f"--config {path}: [server] {key} = {value!r}: expected {wanted.__name__}")
         setattr(parser, name, value)
 
 
@@ -363,9 +360,7 @@ def _check_config_keys(parser: OptionParser, path: str) -> None:
         except Exception as exc:
             raise ConfigError(f"--config {path}: {exc}") from exc
     known = set(parser.as_dict())
-    unknown = sorted(
-        k for k in namespace if not k.startswith("_") and k.replace("-", "_") not in known
-    )
+    unknown = sorted(k for k in namespace if not k.startswith("_") and k.replace("-", "_") not in known)
     if unknown:
         raise ConfigError(f"--config {path}: unknown setting(s): {', '.join(unknown)}")
 

@@ -75,7 +75,7 @@ class Health:
                 db = await asyncio.wait_for(
                     django.submit(check_databases, "health check"), worker.options.health_timeout
                 )
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 error = f"database check did not finish within {worker.options.health_timeout:g} s"
                 db = {alias: {"ok": False, "error": error} for alias in (self.last or {"default": None})}
             self.last, self.last_at = db, time.monotonic()
@@ -86,8 +86,12 @@ class Health:
         body["db"] = {alias: dict(entry) for alias, entry in db.items()}
         for alias, stats in _pool_stats().items():
             body["db"].setdefault(alias, {})["pool"] = stats
-        body["db_checked"] = "now" if fresh else (
-            f"{time.monotonic() - self.last_at:.1f}s ago (Django thread busy)" if self.last else "never"
+        body["db_checked"] = (
+            "now"
+            if fresh
+            else (
+                f"{time.monotonic() - self.last_at:.1f}s ago (Django thread busy)" if self.last else "never"
+            )
         )
         failed = {a: e.get("error") for a, e in body["db"].items() if e.get("ok") is False}
         if failed:

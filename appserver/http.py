@@ -127,7 +127,15 @@ class RequestReader(httputil.HTTPMessageDelegate):
     """One request: buffer it, dispatch it, write its response, log it."""
 
     __slots__ = (
-        "chunks", "client", "conn", "frontend", "headers", "rejected", "scheme", "start_line", "started",
+        "chunks",
+        "client",
+        "conn",
+        "frontend",
+        "headers",
+        "rejected",
+        "scheme",
+        "start_line",
+        "started",
     )
 
     def __init__(self, frontend: Frontend, conn: httputil.HTTPConnection) -> None:
@@ -199,7 +207,7 @@ class RequestReader(httputil.HTTPMessageDelegate):
         if self.client not in frontend.internal_allow:
             self._respond(json_response(403, {"error": "server endpoints are not open to this address"}))
             return
-        name = path.partition("?")[0][len(frontend.internal_prefix):]
+        name = path.partition("?")[0][len(frontend.internal_prefix) :]
         handler = frontend.worker.endpoints.get(name)
         if handler is None:
             self._respond(json_response(404, {"error": "no such server endpoint", "path": path}))
@@ -282,7 +290,9 @@ class RequestReader(httputil.HTTPMessageDelegate):
         send_body = bool(has_body and self.start_line.method != "HEAD" and body)
         try:
             self.conn.write_headers(
-                httputil.ResponseStartLine("HTTP/1.1", code, reason or httputil.responses.get(code, "Unknown")),
+                httputil.ResponseStartLine(
+                    "HTTP/1.1", code, reason or httputil.responses.get(code, "Unknown")
+                ),
                 headers,
                 chunk=body if send_body else None,
             )
@@ -299,7 +309,9 @@ class RequestReader(httputil.HTTPMessageDelegate):
             413,
             {"error": "request body too large", "content_length": length, "max_body_size": limit},
         )
-        headers = httputil.HTTPHeaders(header_list)
+        headers = httputil.HTTPHeaders()
+        for name, value in header_list:
+            headers.add(name, value)
         headers["Date"] = http_date()
         headers["Content-Length"] = str(len(body))
         headers["Connection"] = "close"
@@ -307,7 +319,9 @@ class RequestReader(httputil.HTTPMessageDelegate):
         stream = self.conn.detach()  # type: ignore[attr-defined]
         assert self.start_line is not None
         self.frontend.worker.metrics.observe(self.start_line.method, code, time.monotonic() - self.started)
-        self.frontend.access_log.log(self.client, self.start_line, self.headers, code, len(body), self.started)
+        self.frontend.access_log.log(
+            self.client, self.start_line, self.headers, code, len(body), self.started
+        )
         try:
             stream.write(head.encode("latin-1") + b"\r\n" + body).add_done_callback(lambda _f: stream.close())
         except StreamClosedError:

@@ -39,6 +39,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tornado.netutil import bind_sockets
 from tornado.options import OptionParser
@@ -90,6 +91,7 @@ class Launcher:
         self.tmp = Path(tempfile.mkdtemp(prefix="appserver-launcher-"))
         self.spawned = 0
         self._done = asyncio.Event()
+        self._tasks: set[asyncio.Future[Any]] = set()
 
     # -- start-up ------------------------------------------------------------------
 
@@ -120,7 +122,9 @@ class Launcher:
             self.exit_code = 1
             await self.stop_all(signal.SIGTERM)
             return 1
-        logger.info("all %d workers ready on ports %s (pid %d)", len(self.ports), self.options.ports, os.getpid())
+        logger.info(
+            "all %d workers ready on ports %s (pid %d)", len(self.ports), self.options.ports, os.getpid()
+        )
         systemd.notify(f"READY=1\nSTATUS={len(self.ports)} workers serving")
         await self._done.wait()
         return self.exit_code
@@ -143,15 +147,20 @@ class Launcher:
         for name in ("WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"):
             env.pop(name, None)  # the manager's, not the worker's
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, self.script, *self.worker_args, f"--port={port}", f"--fd={sock.fileno()}",
-            env=env, pass_fds=(sock.fileno(),),
+            sys.executable,
+            self.script,
+            *self.worker_args,
+            f"--port={port}",
+            f"--fd={sock.fileno()}",
+            env=env,
+            pass_fds=(sock.fileno(),),
             # Own session: a Ctrl-C or a signal to the launcher's process group
             # reaches workers only through the launcher, exactly once.
             start_new_session=True,
         )
         child = Child(port, proc, notify, notify_path, awaited=awaited)
         asyncio.get_running_loop().add_reader(notify.fileno(), self._on_notify, child)
-        asyncio.ensure_future(self._watch(child))
+        self._background(self._watch(child))
         logger.info("port %d: started worker pid %d", port, proc.pid)
         self.children[port] = child
         return child
@@ -160,11 +169,10 @@ class Launcher:
         """Wait until each child is ready or gone; return the ports that failed."""
 
         async def ready_or_dead(child: Child) -> bool:
-            done, _ = await asyncio.wait(
-                [asyncio.ensure_future(child.ready.wait()), asyncio.ensure_future(child.proc.wait())],
-                timeout=timeout,
-                return_when=asyncio.FIRST_COMPLETED,
-            )
+            waiters = [asyncio.ensure_future(child.ready.wait()), asyncio.ensure_future(child.proc.wait())]
+            _, pending = await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            for waiter in pending:
+                waiter.cancel()
             return child.ready.is_set()
 
         results = await asyncio.gather(*(ready_or_dead(c) for c in children))
@@ -185,10 +193,19 @@ class Launcher:
             if not self.stopping and not child.retired and self.children.get(child.port) is child:
                 # Draining on its own (--max_requests): start the replacement now.
                 child.retired = True
-                logger.info("port %d: worker pid %d is recycling; starting its replacement",
-                            child.port, child.proc.pid)
+                logger.info(
+                    "port %d: worker pid %d is recycling; starting its replacement",
+                    child.port,
+                    child.proc.pid,
+                )
                 self.restarts[child.port] += 1
-                asyncio.ensure_future(self.spawn(child.port))
+                self._background(self.spawn(child.port))
+
+    def _background(self, coro: Any) -> None:
+        """Run ``coro`` as a task the launcher keeps a reference to until it ends."""
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _watch(self, child: Child) -> None:
         code = await child.proc.wait()
@@ -215,7 +232,9 @@ class Launcher:
         if failures >= MAX_FAILURES:
             logger.critical(
                 "port %d: worker died %d times in a row (last: %s); giving up and stopping all workers",
-                port, failures, describe_exit(code),
+                port,
+                failures,
+                describe_exit(code),
             )
             self.exit_code = 1
             await self.stop_all(signal.SIGTERM)
@@ -223,7 +242,11 @@ class Launcher:
         delay = BACKOFF[min(failures - 1, len(BACKOFF) - 1)]
         logger.error(
             "port %d: worker pid %d died (%s) after %.1f s; restarting in %g s",
-            port, child.proc.pid, describe_exit(code), lived, delay,
+            port,
+            child.proc.pid,
+            describe_exit(code),
+            lived,
+            delay,
         )
         await asyncio.sleep(delay)
         if not self.stopping:
@@ -242,7 +265,7 @@ class Launcher:
         name = signal.Signals(signum).name
         if not self.stopping:
             logger.info("%s: stopping all workers", name)
-            asyncio.ensure_future(self.stop_all(signum))
+            self._background(self.stop_all(signum))
         else:
             logger.info("%s again: workers exit now", name)
             for child in self.children.values():
@@ -265,10 +288,12 @@ class Launcher:
         if waits:
             try:
                 await asyncio.wait_for(asyncio.gather(*waits), deadline)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 for child in self.children.values():
                     if child.proc.returncode is None:
-                        logger.error("port %d: worker pid %d did not exit; killing it", child.port, child.proc.pid)
+                        logger.error(
+                            "port %d: worker pid %d did not exit; killing it", child.port, child.proc.pid
+                        )
                         child.proc.kill()
                 self.exit_code = self.exit_code or 1
         self._check_all_gone()
@@ -293,7 +318,8 @@ class Launcher:
             if failed:
                 logger.error(
                     "rolling restart stopped at port %d: the new worker did not become healthy; "
-                    "the old workers keep serving", port,
+                    "the old workers keep serving",
+                    port,
                 )
                 new.retired = True
                 if new.proc.returncode is None:
@@ -301,8 +327,14 @@ class Launcher:
                 self.children[port] = old
                 old.retired = False
                 return
-            logger.info("[%d/%d] port %d: new worker pid %d healthy; draining old pid %d",
-                        index, len(self.ports), port, new.proc.pid, old.proc.pid)
+            logger.info(
+                "[%d/%d] port %d: new worker pid %d healthy; draining old pid %d",
+                index,
+                len(self.ports),
+                port,
+                new.proc.pid,
+                old.proc.pid,
+            )
             if old.proc.returncode is None:
                 old.proc.send_signal(signal.SIGTERM)
                 await old.proc.wait()

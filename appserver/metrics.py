@@ -33,9 +33,20 @@ class PoolCollector(Collector):
         except ImportError:
             return
         stats = djpool.stats()
-        counters = ("connects", "reuses", "checkouts", "pings", "ping_failures", "reconnects", "waits", "timeouts")
+        counters = (
+            "connects",
+            "reuses",
+            "checkouts",
+            "pings",
+            "ping_failures",
+            "reconnects",
+            "waits",
+            "timeouts",
+        )
         for name in counters:
-            family = CounterMetricFamily(f"djpool_{name}", f"djpool: {name.replace('_', ' ')}", labels=["alias"])
+            family = CounterMetricFamily(
+                f"djpool_{name}", f"djpool: {name.replace('_', ' ')}", labels=["alias"]
+            )
             for alias, s in stats.items():
                 family.add_metric([alias], s.get(name, 0))
             yield family
@@ -59,19 +70,25 @@ class Metrics:
     def __init__(self, port: int) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.requests = Counter(
-            "appserver_requests", "Requests answered", ["method", "status"], registry=r
-        )
+        self.requests = Counter("appserver_requests", "Requests answered", ["method", "status"], registry=r)
         self.latency = Histogram(
             "appserver_request_duration_seconds",
             "Time from the request's headers to its response",
             buckets=BUCKETS,
             registry=r,
         )
-        self.in_flight = Gauge("appserver_requests_in_flight", "Requests read and not yet answered", registry=r)
-        self.queue = Gauge("appserver_django_queue_depth", "Jobs waiting for or running on the Django thread", registry=r)
-        self.rejected = Counter("appserver_rejected", "Requests refused with 503 because the queue was full", registry=r)
-        self.stuck = Counter("appserver_stuck_requests", "Requests that ran past --request_timeout", registry=r)
+        self.in_flight = Gauge(
+            "appserver_requests_in_flight", "Requests read and not yet answered", registry=r
+        )
+        self.queue = Gauge(
+            "appserver_django_queue_depth", "Jobs waiting for or running on the Django thread", registry=r
+        )
+        self.rejected = Counter(
+            "appserver_rejected", "Requests refused with 503 because the queue was full", registry=r
+        )
+        self.stuck = Counter(
+            "appserver_stuck_requests", "Requests that ran past --request_timeout", registry=r
+        )
         restarts = Gauge(
             "appserver_worker_restarts",
             "Times the launcher restarted the worker on this port (0 outside --ports)",

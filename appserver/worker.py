@@ -24,7 +24,6 @@ import socket
 import sys
 import time
 import traceback
-from typing import Any
 
 from tornado.netutil import bind_sockets
 from tornado.options import OptionParser
@@ -141,8 +140,10 @@ class Worker:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._on_signal, signum)
         loop.add_signal_handler(
-            signal.SIGHUP, logger.info, "HUP ignored: a worker cannot reload in place; send HUP to the "
-            "--ports launcher, or restart the worker (deploy rolling-restart)"
+            signal.SIGHUP,
+            logger.info,
+            "HUP ignored: a worker cannot reload in place; send HUP to the "
+            "--ports launcher, or restart the worker (deploy rolling-restart)",
         )
         watchdogs = [self._watch_stuck_requests(), self._watch_launcher()]
         interval = systemd.watchdog_interval()
@@ -151,7 +152,10 @@ class Worker:
         tasks = [asyncio.ensure_future(w) for w in watchdogs]
         logger.info(
             "listening on http://%s:%d/ (pid %d, Django settings %s)",
-            self.options.address, self.port, os.getpid(), self.options.settings,
+            self.options.address,
+            self.port,
+            os.getpid(),
+            self.options.settings,
         )
         systemd.notify(f"READY=1\nSTATUS=serving on port {self.port}\nMAINPID={os.getpid()}")
         await self._stop.wait()
@@ -166,7 +170,7 @@ class Worker:
             result = await asyncio.wait_for(
                 self.django.submit(check_databases, "startup check"), self.options.health_timeout * 5
             )
-        except asyncio.TimeoutError:
+        except TimeoutError:
             logger.warning("database check at start-up timed out; serving anyway")
             return
         for alias, entry in result.items():
@@ -178,7 +182,8 @@ class Worker:
             else:
                 logger.warning(
                     "database %s is not reachable: %s; serving anyway, /-/health answers 503",
-                    alias, entry.get("error"),
+                    alias,
+                    entry.get("error"),
                 )
 
     # -- running ---------------------------------------------------------------------
@@ -210,7 +215,8 @@ class Worker:
             logger.error(
                 "stuck request: %s; Django thread stack (most recent call last):\n%s"
                 "The request keeps running; /-/health reports this worker as stuck until it ends.",
-                self.stuck, stack,
+                self.stuck,
+                stack,
             )
 
     async def _watch_launcher(self) -> None:
@@ -253,7 +259,9 @@ class Worker:
         )
         logger.warning(
             "%s: exiting with %d unfinished request(s)%s",
-            why, len(unfinished), (": " + ", ".join(unfinished)) if unfinished else "",
+            why,
+            len(unfinished),
+            (": " + ", ".join(unfinished)) if unfinished else "",
         )
         logging.shutdown()
         os._exit(EXIT_UNFINISHED if unfinished else 0)

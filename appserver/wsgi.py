@@ -15,7 +15,8 @@ from __future__ import annotations
 import io
 import logging
 import sys
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 from urllib.parse import unquote_to_bytes
 
 from tornado.httputil import HTTPHeaders

@@ -36,7 +36,6 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -68,8 +67,18 @@ class Backend:
 
 BACKENDS = (
     Backend("A", "this server + djpool", {}, "server"),
-    Backend("B", "gunicorn sync, CONN_MAX_AGE=None", {"DATABASE_POOL": "0", "DATABASE_CONN_MAX_AGE": "none"}, "gunicorn"),
-    Backend("C", "this server, Django default (CONN_MAX_AGE=0)", {"DATABASE_POOL": "0", "DATABASE_CONN_MAX_AGE": "0"}, "server"),
+    Backend(
+        "B",
+        "gunicorn sync, CONN_MAX_AGE=None",
+        {"DATABASE_POOL": "0", "DATABASE_CONN_MAX_AGE": "none"},
+        "gunicorn",
+    ),
+    Backend(
+        "C",
+        "this server, Django default (CONN_MAX_AGE=0)",
+        {"DATABASE_POOL": "0", "DATABASE_CONN_MAX_AGE": "0"},
+        "server",
+    ),
 )
 
 
@@ -140,7 +149,12 @@ class Running:
     """A backend's two processes."""
 
     def __init__(self, backend: Backend, database_url: str, ports: list[int], log: Path) -> None:
-        env = {**os.environ, "DATABASE_URL": database_url, "DJANGO_SETTINGS_MODULE": "conf.settings", **backend.env}
+        env = {
+            **os.environ,
+            "DATABASE_URL": database_url,
+            "DJANGO_SETTINGS_MODULE": "conf.settings",
+            **backend.env,
+        }
         env.pop("DJANGO_DEBUG", None)
         self.procs: list[subprocess.Popen[bytes]] = []
         self.log = open(log, "ab")
@@ -149,10 +163,24 @@ class Running:
                 args = [PYTHON, "server.py", f"--port={port}", "--log_format=off", "--logging=warning"]
             else:
                 args = [
-                    PYTHON, "-m", "gunicorn", "conf.wsgi:application", "-b", f"127.0.0.1:{port}",
-                    "-w", "1", "-k", "sync", "--log-level", "warning", "--backlog", "1024",
+                    PYTHON,
+                    "-m",
+                    "gunicorn",
+                    "conf.wsgi:application",
+                    "-b",
+                    f"127.0.0.1:{port}",
+                    "-w",
+                    "1",
+                    "-k",
+                    "sync",
+                    "--log-level",
+                    "warning",
+                    "--backlog",
+                    "1024",
                 ]
-            self.procs.append(subprocess.Popen(args, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT))
+            self.procs.append(
+                subprocess.Popen(args, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+            )
         for port in ports:
             wait_http(f"http://127.0.0.1:{port}/api/notes/1")
 
@@ -185,7 +213,8 @@ class Nginx:
         binary = shutil.which("nginx") or "/usr/sbin/nginx"
         self.proc = subprocess.Popen(
             [binary, "-p", str(self.prefix), "-c", str(conf), "-g", "daemon off;"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 10
         while True:
@@ -194,7 +223,9 @@ class Nginx:
                 break
             except OSError:
                 if time.monotonic() > deadline or self.proc.poll() is not None:
-                    raise RuntimeError(f"nginx did not start: {(self.prefix / 'logs' / 'error.log').read_text()}")
+                    raise RuntimeError(
+                        f"nginx did not start: {(self.prefix / 'logs' / 'error.log').read_text()}"
+                    )
                 time.sleep(0.05)
 
     def stop(self) -> None:
@@ -292,7 +323,8 @@ def measure(
 
 def report(results: dict[tuple[str, str], Result], args: argparse.Namespace, elapsed: float) -> str:
     lines = [
-        f"# Benchmark ({'quick' if args.quick else 'full'}), {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
+        f"# Benchmark ({'quick' if args.quick else 'full'}), "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
         "",
         f"wrk -c{args.connections} → nginx (1 worker, keepalive) → 2 backend processes → MySQL; "
         f"{args.rounds} rounds × {args.seconds:g} s per backend and endpoint, backends alternating; "
@@ -330,13 +362,20 @@ def chart(results: dict[tuple[str, str], Result], path: Path) -> None:
     endpoints = ("GET /api/notes/<id>", "POST /api/notes")
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     colors = {"A": "#2a7ab0", "B": "#999999", "C": "#d08030"}
-    for ax, metric, title in ((axes[0], "rps", "throughput (req/s, higher is better)"),
-                              (axes[1], "cpu_us", "backend CPU per request (µs, lower is better)")):
+    for ax, metric, title in (
+        (axes[0], "rps", "throughput (req/s, higher is better)"),
+        (axes[1], "cpu_us", "backend CPU per request (µs, lower is better)"),
+    ):
         width = 0.25
         for i, b in enumerate(BACKENDS):
             values = [results[(b.key, e)].median(metric) for e in endpoints]
-            bars = ax.bar([x + (i - 1) * width for x in range(len(endpoints))], values, width,
-                          label=f"{b.key}: {b.label}", color=colors[b.key])
+            bars = ax.bar(
+                [x + (i - 1) * width for x in range(len(endpoints))],
+                values,
+                width,
+                label=f"{b.key}: {b.label}",
+                color=colors[b.key],
+            )
             ax.bar_label(bars, fmt="%.0f", fontsize=8)
         ax.set_xticks(range(len(endpoints)), endpoints)
         ax.set_title(title, fontsize=10)
@@ -398,20 +437,32 @@ def main() -> int:
                             ("GET /api/notes/<id>", f"/api/notes/{note_id}", None),
                             ("POST /api/notes", "/api/notes", script),
                         ):
-                            sample = measure(running, mysql, f"http://127.0.0.1:{nginx.port}{path}",
-                                             args.seconds, args.connections, lua)
+                            sample = measure(
+                                running,
+                                mysql,
+                                f"http://127.0.0.1:{nginx.port}{path}",
+                                args.seconds,
+                                args.connections,
+                                lua,
+                            )
                             results.setdefault((backend.key, endpoint), Result()).samples.append(sample)
-                            print(f"round {round_no} {backend.key} {endpoint}: {sample.rps:.0f} req/s, "
-                                  f"{sample.cpu_us:.0f} µs CPU/req, {sample.connections} connections, "
-                                  f"{sample.errors} errors", flush=True)
+                            print(
+                                f"round {round_no} {backend.key} {endpoint}: {sample.rps:.0f} req/s, "
+                                f"{sample.cpu_us:.0f} µs CPU/req, {sample.connections} connections, "
+                                f"{sample.errors} errors",
+                                flush=True,
+                            )
                     finally:
                         running.stop()
         finally:
             nginx.stop()
         text = report(results, args, time.monotonic() - started)
         (args.out / "latest.md").write_text(text)
-        (args.out / "latest.json").write_text(json.dumps(
-            {f"{k[0]} {k[1]}": [s.__dict__ for s in v.samples] for k, v in results.items()}, indent=1))
+        (args.out / "latest.json").write_text(
+            json.dumps(
+                {f"{k[0]} {k[1]}": [s.__dict__ for s in v.samples] for k, v in results.items()}, indent=1
+            )
+        )
         chart(results, args.out / "latest.png")
         print(text)
     finally:

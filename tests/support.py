@@ -65,7 +65,12 @@ class MySQLServer:
 
     def connect(self, db: str | None = None, **kw: Any) -> Any:
         """A plain mysqlclient connection (autocommit on) for the test's own checks."""
-        args: dict[str, Any] = {"host": self.host, "port": self.port, "user": self.user, "passwd": self.password}
+        args: dict[str, Any] = {
+            "host": self.host,
+            "port": self.port,
+            "user": self.user,
+            "passwd": self.password,
+        }
         if db:
             args["db"] = db
         conn = MySQLdb.connect(**args, **kw)
@@ -224,7 +229,11 @@ def migrate(database_url: str, settings: str = "tests.settings") -> None:
     env = {**os.environ, "DATABASE_URL": database_url, "DJANGO_SETTINGS_MODULE": settings}
     result = subprocess.run(
         [PYTHON, "manage.py", "migrate", "--noinput", "-v", "0"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -247,7 +256,9 @@ class ServerProcess:
         self.base = f"http://127.0.0.1:{self.port}"
         self.log_path = (log_dir or Path(tempfile.mkdtemp(prefix="djserver-"))) / f"server-{self.port}.log"
         self.args = [PYTHON, "server.py", f"--port={self.port}", f"--settings={settings}", *args]
-        self.env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "DJANGO_SETTINGS_MODULE")}
+        self.env = {
+            k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "DJANGO_SETTINGS_MODULE")
+        }
         if database_url:
             self.env["DATABASE_URL"] = database_url
         self.env.update(env or {})
@@ -257,8 +268,11 @@ class ServerProcess:
     def start(self, wait: bool = True, timeout: float = 30.0) -> ServerProcess:
         """Start the process; with ``wait``, return once it accepts connections."""
         self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(self.args, cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            self.args, cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT
+        )
         if wait:
+
             def accepting() -> bool:
                 assert self.proc is not None
                 if self.proc.poll() is not None:

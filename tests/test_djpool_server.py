@@ -45,7 +45,8 @@ def kill(mysql: MySQLServer, cid: int) -> None:
     mysql.query(f"KILL {cid}")
     wait_for(
         lambda: not mysql.query("SELECT 1 FROM information_schema.PROCESSLIST WHERE ID = %s", (cid,)),
-        5, f"session {cid} to disappear",
+        5,
+        f"session {cid} to disappear",
     )
 
 
@@ -383,4 +384,3 @@ def test_a_killed_connection_found_by_the_health_check_is_reported_ok(
     response = server.get("/-/health")
     assert response.status_code == 200
     assert response.json()["db"]["default"]["pool"]["reconnects"] == 1
-

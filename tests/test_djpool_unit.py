@@ -65,7 +65,8 @@ def kill(mysql: MySQLServer, cid: int) -> None:
     mysql.query(f"KILL {cid}")
     wait_for(
         lambda: not mysql.query("SELECT 1 FROM information_schema.PROCESSLIST WHERE ID = %s", (cid,)),
-        5, f"session {cid} to disappear",
+        5,
+        f"session {cid} to disappear",
     )
 
 
@@ -119,8 +120,14 @@ def database(server: MySQLServer, name: str = "", pool: Any = True, **extra: Any
     """A ``DATABASES`` entry for the djpool engine on ``server``."""
     options = {"pool": pool, **extra.pop("OPTIONS", {})}
     return {
-        "ENGINE": "djpool.backends.mysql", "NAME": name, "HOST": server.host, "PORT": str(server.port),
-        "USER": server.user, "PASSWORD": server.password, "OPTIONS": options, **extra,
+        "ENGINE": "djpool.backends.mysql",
+        "NAME": name,
+        "HOST": server.host,
+        "PORT": str(server.port),
+        "USER": server.user,
+        "PASSWORD": server.password,
+        "OPTIONS": options,
+        **extra,
     }
 
 
@@ -128,12 +135,15 @@ def run_django(code: str, db: dict[str, Any], expect_ok: bool = True) -> tuple[A
     """Run ``code`` after PRELUDE in a new process; return (what it emit()ted, its stderr)."""
     result = subprocess.run(
         [PYTHON, "-c", PRELUDE + textwrap.dedent(code)],
-        cwd=ROOT, env={**os.environ, "DJPOOL_TEST_DB": json.dumps(db)},
-        capture_output=True, text=True, timeout=60,
+        cwd=ROOT,
+        env={**os.environ, "DJPOOL_TEST_DB": json.dumps(db)},
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     if expect_ok:
         assert result.returncode == 0, result.stdout + result.stderr
-    emitted = [line[len("RESULT "):] for line in result.stdout.splitlines() if line.startswith("RESULT ")]
+    emitted = [line[len("RESULT ") :] for line in result.stdout.splitlines() if line.startswith("RESULT ")]
     return (json.loads(emitted[-1]) if emitted else None), result.stderr
 
 
@@ -369,12 +379,26 @@ def test_stats_report_every_counter_and_gauge_and_discards_by_reason(pools: Any)
     a, b = pool.checkout(), pool.checkout()
     stats = pool.stats()
     assert set(COUNTERS) == {
-        "connects", "reuses", "checkouts", "pings", "ping_failures", "reconnects", "discarded",
-        "waits", "timeouts",
+        "connects",
+        "reuses",
+        "checkouts",
+        "pings",
+        "ping_failures",
+        "reconnects",
+        "discarded",
+        "waits",
+        "timeouts",
     }
     assert set(stats) == {
-        *COUNTERS, "size", "max_overflow", "idle", "in_use", "connection_ids", "server_idle_timeout",
-        "oldest_age", "discards",
+        *COUNTERS,
+        "size",
+        "max_overflow",
+        "idle",
+        "in_use",
+        "connection_ids",
+        "server_idle_timeout",
+        "oldest_age",
+        "discards",
     }
     assert (stats["in_use"], stats["idle"], stats["connects"], stats["checkouts"]) == (2, 0, 2, 2)
     assert sorted(stats["connection_ids"]) == sorted([server_id(a), server_id(b)])

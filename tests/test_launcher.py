@@ -73,7 +73,11 @@ class Launcher:
         self.ports = ports
         self.log_path = log_path
         self.args = [
-            PYTHON, "server.py", f"--ports={ports[0]}-{ports[-1]}", "--settings=tests.settings", *args,
+            PYTHON,
+            "server.py",
+            f"--ports={ports[0]}-{ports[-1]}",
+            "--settings=tests.settings",
+            *args,
         ]
         self.env = {
             k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "DJANGO_SETTINGS_MODULE")
@@ -237,7 +241,8 @@ def test_a_killed_worker_is_back_and_healthy_within_2_seconds(
     killed_at = time.monotonic()
     os.kill(before[victim_port], signal.SIGKILL)  # type: ignore[arg-type]
     new_pid = wait_for(
-        lambda: (pid := healthy_pid(victim_port)) not in (None, before[victim_port]) and pid, 5,
+        lambda: (pid := healthy_pid(victim_port)) not in (None, before[victim_port]) and pid,
+        5,
         "a new healthy worker on the port",
     )
     back_after = time.monotonic() - killed_at
@@ -275,7 +280,11 @@ def run_launcher(ports: list[int], tmp: Path, *args: str, timeout: float = 60) -
     started = time.monotonic()
     result = subprocess.run(
         [PYTHON, "server.py", f"--ports={ports[0]}-{ports[-1]}", *args],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     return result.returncode, result.stdout + result.stderr, time.monotonic() - started
 

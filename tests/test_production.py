@@ -362,9 +362,7 @@ def test_xheaders_from_an_untrusted_peer_are_ignored(start_server: Start) -> Non
 
 
 def test_internal_endpoints_are_403_outside_internal_allow_and_cannot_be_spoofed(start_server: Start) -> None:
-    server = start_server(
-        None, "--internal_allow=10.0.0.0/8", "--xheaders", "--trusted_proxies=10.0.0.0/8"
-    )
+    server = start_server(None, "--internal_allow=10.0.0.0/8", "--xheaders", "--trusted_proxies=10.0.0.0/8")
     for path in ("/-/health", "/-/metrics"):
         response = server.get(path)
         assert response.status_code == 403
@@ -420,7 +418,8 @@ def test_metrics_parse_and_count_requests_by_method_and_status_class(
         ("HEAD", "2xx"): 1,
     }
     latency_count = next(
-        s.value for s in samples["appserver_request_duration_seconds"]
+        s.value
+        for s in samples["appserver_request_duration_seconds"]
         if s.name == "appserver_request_duration_seconds_count"
     )
     assert latency_count == 13
@@ -435,7 +434,8 @@ def test_metrics_parse_and_count_requests_by_method_and_status_class(
     # The next scrape counts the previous one.
     again = _metric_samples(session.get(server.url("/-/metrics"), timeout=10).text)
     get_2xx = next(
-        s.value for s in again["appserver_requests"]
+        s.value
+        for s in again["appserver_requests"]
         if s.name == "appserver_requests_total" and s.labels == {"method": "GET", "status": "2xx"}
     )
     assert get_2xx == 6
@@ -543,7 +543,11 @@ def test_socket_activation_serves_on_the_passed_socket(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "LISTEN_FDS", "LISTEN_PID")}
     proc = subprocess.Popen(
         [PYTHON, "-c", wrapper, str(listener.fileno()), f"--port={other_port}", "--settings=tests.settings"],
-        cwd=ROOT, env=env, pass_fds=(listener.fileno(),), stdout=log, stderr=subprocess.STDOUT,
+        cwd=ROOT,
+        env=env,
+        pass_fds=(listener.fileno(),),
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     listener.close()  # only the server holds it now
     try:

@@ -9,7 +9,8 @@ import socket
 import subprocess
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 import requests
@@ -34,7 +35,9 @@ def raw_http(port: int, data: bytes, timeout: float = 5.0) -> bytes:
                     # keep-alive response: stop once the body (Content-Length) is in
                     head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
                     for line in head.split(b"\r\n"):
-                        if line.lower().startswith(b"content-length:") and len(body) >= int(line.split(b":")[1]):
+                        if line.lower().startswith(b"content-length:") and len(body) >= int(
+                            line.split(b":")[1]
+                        ):
                             return b"".join(chunks)
         except TimeoutError:
             pass
@@ -131,7 +134,9 @@ def sqlite_server(tmp_path_factory: pytest.TempPathFactory) -> Any:
     env = {"DJANGO_DEBUG": "0"}
     subprocess.run(
         [PYTHON, "manage.py", "migrate", "--noinput", "-v", "0"],
-        cwd=ROOT, check=True, env={**__import__("os").environ, **env, "DJANGO_SETTINGS_MODULE": "tests.settings"},
+        cwd=ROOT,
+        check=True,
+        env={**__import__("os").environ, **env, "DJANGO_SETTINGS_MODULE": "tests.settings"},
     )
     server = ServerProcess(None, env=env, log_dir=tmp_path_factory.mktemp("sqlite"))
     server.start()
@@ -161,8 +166,10 @@ def test_html_form_requires_csrf_and_adds_a_note(sqlite_server: ServerProcess) -
     page = session.get(sqlite_server.url("/"), timeout=10)
     token = page.text.split('name="csrfmiddlewaretoken" value="')[1].split('"')[0]
     added = session.post(
-        sqlite_server.url("/"), data={"text": "via the form", "csrfmiddlewaretoken": token},
-        headers={"Referer": sqlite_server.url("/")}, timeout=10,
+        sqlite_server.url("/"),
+        data={"text": "via the form", "csrfmiddlewaretoken": token},
+        headers={"Referer": sqlite_server.url("/")},
+        timeout=10,
     )
     assert added.status_code == 200  # after the redirect
     assert "via the form" in added.text
@@ -259,9 +266,19 @@ def test_access_log_has_method_path_status_bytes_latency_and_client(sqlite_serve
 
 
 def test_help_lists_every_flag_with_its_default() -> None:
-    result = subprocess.run([PYTHON, "server.py", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=30)
+    result = subprocess.run(
+        [PYTHON, "server.py", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=30
+    )
     text = result.stdout + result.stderr
-    for flag in ("--port", "--address", "--settings", "--xheaders", "--max_body_size", "--config", "--logging"):
+    for flag in (
+        "--port",
+        "--address",
+        "--settings",
+        "--xheaders",
+        "--max_body_size",
+        "--config",
+        "--logging",
+    ):
         assert flag.replace("_", "-") in text  # tornado prints --max-body-size; both spellings work
     assert "default 8001" in text
 

@@ -1,6 +1,7 @@
 """The demo WSGI application, wrapped so a test can make an exception escape it."""
 
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from conf.wsgi import application as django_application
 

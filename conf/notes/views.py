@@ -35,7 +35,9 @@ def index(request: HttpRequest) -> HttpResponse:
         form.save()
         return redirect("index")
     notes = Note.objects.all()[:20]
-    return render(request, "notes/index.html", {"notes": notes, "form": form}, status=400 if form.errors else 200)
+    return render(
+        request, "notes/index.html", {"notes": notes, "form": form}, status=400 if form.errors else 200
+    )
 
 
 def error(status: int, message: str, **extra: Any) -> JsonResponse:
