@@ -59,6 +59,7 @@ format: $(BIN)/.installed
 ## make docs: regenerate the generated parts of docs/
 docs: $(BIN)/.installed
 	$(BIN)/python -m appserver.config > docs/server-options.md.tmp && mv docs/server-options.md.tmp docs/server-options.md
+	$(BIN)/python -m deploy docs
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

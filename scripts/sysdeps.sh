@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install the Debian/Ubuntu packages the project needs, only where missing.
 #   scripts/sysdeps.sh build   headers to compile mysqlclient (make run, make test)
-#   scripts/sysdeps.sh test    + a MariaDB server (throwaway test database), nginx, wrk
+#   scripts/sysdeps.sh test    + a MariaDB server (throwaway test database), nginx, wrk, systemd-analyze
 # Without root or apt-get it prints the exact command to run instead, and fails.
 set -euo pipefail
 
@@ -17,6 +17,7 @@ if [ "${1:-build}" = "test" ]; then
   have_cmd mariadb || want+=(mariadb-client)
   have_cmd nginx || want+=(nginx-light)
   have_cmd wrk || want+=(wrk)
+  have_cmd systemd-analyze || want+=(systemd)   # tests/test_deploy.py: systemd-analyze verify
 fi
 
 [ ${#want[@]} -eq 0 ] && exit 0
