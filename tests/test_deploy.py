@@ -11,6 +11,7 @@ from __future__ import annotations
 import getpass
 import json
 import os
+import re
 import shlex
 import signal
 import socket
@@ -361,6 +362,27 @@ def test_broken_deploy_files_fail_check_naming_the_problem(
     assert message in result.stderr + result.stdout, result.stderr + result.stdout
 
 
+def test_supervisor_reads_back_environment_values_with_percent_quotes_and_commas(
+    check_dir: Path, app_db_url: str
+) -> None:
+    from supervisor.options import ServerOptions
+
+    tricky = {"DATABASE_URL": "mysql://u:p%40ss,word@127.0.0.1/db?x=1", "NOTE": "it's 100% fine"}
+    path = write_config(check_dir, app_db_url, extra={"environment": tricky})
+    config = load(path)
+    render.write(config, check_dir / "out")
+    wrapper = check_dir / "supervisord.conf"
+    include = check_dir / "out" / "hosts" / "127.0.0.1" / "supervisor" / f"{APP}.conf"
+    wrapper.write_text(supervisor.wrapper_conf(check_dir, include))
+    options = ServerOptions()
+    options.configfile = str(wrapper)
+    options.process_config(do_usage=False)
+    [group] = options.process_group_configs
+    for program in group.process_configs:
+        assert program.environment == tricky
+        assert program.stopwaitsecs > GRACEFUL and program.stopasgroup
+
+
 def test_check_names_the_max_connections_to_set(check_dir: Path, app_db_url: str) -> None:
     path = write_config(check_dir, app_db_url, extra={"database": {"headroom": 100_000}})
     result = deploy_cli("check", f"--config={path}")
@@ -460,6 +482,23 @@ def test_nginx_serves_static_files_and_hides_the_server_endpoints(fleet: Fleet) 
     for path in ("/-/health", "/-/metrics", "//-/health", "/%2D/health"):
         assert requests.get(fleet.base + path, timeout=10).status_code == 404, path
     assert requests.get(f"http://127.0.0.1:{fleet.ports[0]}/-/health", timeout=10).status_code == 200
+
+
+def test_check_passes_on_the_running_fleet(fleet: Fleet) -> None:
+    result = deploy_cli("check", f"--config={fleet.config_path}")
+    assert result.returncode == 0, result.stdout + result.stderr
+    for port in fleet.ports:
+        assert f"127.0.0.1:{port} is served by a running worker" in result.stdout
+
+
+def test_prometheus_targets_are_every_workers_metrics(fleet: Fleet) -> None:
+    text = (fleet.directory / "out" / "prometheus" / f"{APP}.yml").read_text()
+    targets = re.findall(r'"(127\.0\.0\.1:\d+)"', text)
+    assert sorted(targets) == sorted(f"127.0.0.1:{port}" for port in fleet.ports)
+    assert 'metrics_path: "/-/metrics"' in text
+    for target in targets:
+        metrics = requests.get(f"http://{target}/-/metrics", timeout=10)
+        assert metrics.status_code == 200 and "appserver_requests_total" in metrics.text
 
 
 def test_nginx_refuses_bodies_over_the_servers_limit(fleet: Fleet) -> None:
