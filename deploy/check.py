@@ -88,10 +88,10 @@ def check_nginx(config: DeployConfig, out: Path, prefix: Path, report: Report) -
     ok, output = nginx.validate_site(program, out / render.nginx_site(config), prefix)
     if ok:
         report.ok(f"nginx -t: {render.nginx_site(config)} is valid")
-    else:
-        for line in output.splitlines():
-            if "[emerg]" in line or "[error]" in line or "failed" in line:
-                report.fail(f"nginx -t: {line.strip()}")
+        return
+    errors = [line.strip() for line in output.splitlines() if "[emerg]" in line or "[error]" in line]
+    for line in errors or [output or "failed without saying why"]:
+        report.fail(f"nginx -t: {line}")
 
 
 def check_supervisor(config: DeployConfig, host: Host, out: Path, report: Report) -> None:
@@ -216,23 +216,21 @@ def running_worker(config: DeployConfig, address: str, port: int) -> int | None:
 
 def check_ports(config: DeployConfig, report: Report) -> None:
     """Worker ports of this machine's hosts must be free, or already served by workers."""
-    local = 0
-    for host, port in config.workers:
-        state = port_state(host.address, port)
-        if state == "in use":
-            pid = running_worker(config, host.address, port)
-            if pid is None:
-                report.fail(f"ports: {host_port(host.address, port)} is already in use by another program")
-            else:
-                report.ok(f"ports: {host_port(host.address, port)} is served by a running worker (pid {pid})")
-        if state in ("free", "in use"):
-            local += 1
+    local = [(host, port) for host, port in config.workers if port_state(host.address, port) != "not local"]
+    for host, port in local:
+        if port_state(host.address, port) != "in use":
+            continue
+        pid = running_worker(config, host.address, port)
+        where = host_port(host.address, port)
+        if pid is None:
+            report.fail(f"ports: {where} is already in use by another program")
+        else:
+            report.ok(f"ports: {where} is served by a running worker (pid {pid})")
     listen_port = _listen_port(config.nginx.listen)
-    ours = {port for host, port in config.workers if port_state(host.address, port) != "not local"}
-    if listen_port in ours:
+    if listen_port in {port for _host, port in local}:
         report.fail(f"ports: nginx listens on port {listen_port}, also a worker port on this machine")
     if local:
-        report.ok(f"ports: {local} worker port(s) on this machine checked")
+        report.ok(f"ports: {len(local)} worker port(s) on this machine checked")
     else:
         report.note("ports: no host of the deploy file has an address of this machine; ports not checked")
 

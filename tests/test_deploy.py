@@ -344,6 +344,7 @@ def test_every_rendered_file_says_it_is_generated_and_from_what(check_dir: Path,
             "stopwaitsecs = 5 is not above the server's graceful_timeout",
         ),
         ({"extra": {"server": {"port": 8001}}}, "[server] port: not allowed here"),
+        ({"extra": {"nginx": {"listen": "127.0.0.1:99999"}}}, "FAIL  nginx -t: nginx: [emerg] invalid port"),
     ],
     ids=[
         "duplicate-port",
@@ -352,6 +353,7 @@ def test_every_rendered_file_says_it_is_generated_and_from_what(check_dir: Path,
         "unknown-server-option",
         "stop-timeout",
         "port",
+        "nginx-rejects",
     ],
 )
 def test_broken_deploy_files_fail_check_naming_the_problem(
