@@ -445,9 +445,17 @@ def test_examples_render_and_the_doc_shows_the_multihost_upstream(tmp_path: Path
     for example in ("deploy.example.toml", "deploy.multihost.example.toml"):
         result = deploy_cli("render", f"--config={ROOT / 'conf' / example}", f"--out={tmp_path / example}")
         assert result.returncode == 0, result.stderr
-    upstream = (tmp_path / "deploy.multihost.example.toml" / "nginx" / "notes.conf").read_text()
+    multihost = tmp_path / "deploy.multihost.example.toml"
+    upstream = (multihost / "nginx" / "notes.conf").read_text()
     upstream = upstream[upstream.index("upstream") : upstream.index("}") + 1]
     assert upstream in (ROOT / "docs" / "deploy.md").read_text()
+    for name, address in (("web1", "10.0.0.11"), ("web2", "10.0.0.12"), ("web3", "10.0.0.13")):
+        programs = (multihost / "hosts" / name / "supervisor" / "notes.conf").read_text()
+        assert programs.count(f"--address={address}") == 4
+        unit = (multihost / "hosts" / name / "systemd" / "notes@.service").read_text()
+        assert f"--port=%i --address={address}" in unit
+        target = (multihost / "hosts" / name / "systemd" / "notes.target").read_text()
+        assert "Wants=notes@8001.service notes@8002.service notes@8003.service notes@8004.service" in target
 
 
 # -- the running fleet ----------------------------------------------------------------------
