@@ -134,6 +134,10 @@ class Nginx:
 
     listen: str = key("80", 'nginx "listen" parameters, e.g. "80", "127.0.0.1:8080"')
     server_name: str = key("_", "nginx server_name (space-separated names)")
+    ssl_certificate: str | None = key(
+        None, 'certificate file for HTTPS (with listen = "443 ssl"); unset: no TLS directives'
+    )
+    ssl_certificate_key: str | None = key(None, "private key file of ssl_certificate")
     static_url: str = key("/static/", "URL prefix served from [paths] static_root (Django's STATIC_URL)")
     media_url: str = key("/media/", "URL prefix served from [paths] media_root (Django's MEDIA_URL)")
     keepalive: int = key(16, "idle connections to the workers kept open per nginx worker process")
@@ -539,6 +543,8 @@ def consistency_problems(config: DeployConfig) -> list[str]:
             f"[server] settings = {settings!r} differs from [environment] DJANGO_SETTINGS_MODULE = "
             f"{env_settings!r}; set only one"
         )
+    if (config.nginx.ssl_certificate is None) != (config.nginx.ssl_certificate_key is None):
+        problems.append("[nginx] ssl_certificate and ssl_certificate_key go together: set both or neither")
     for url in (config.nginx.static_url, config.nginx.media_url):
         if not (url.startswith("/") and url.endswith("/")):
             problems.append(f"[nginx] {url!r}: URL prefixes must start and end with '/'")

@@ -83,10 +83,16 @@ def _server(config: DeployConfig) -> str:
     nginx, paths = config.nginx, config.paths
     request_timeout = float(config.server_options["request_timeout"])
     tries = nginx.next_upstream_tries
+    tls = ""
+    if nginx.ssl_certificate and nginx.ssl_certificate_key:
+        tls = (
+            f"    ssl_certificate {_quote(nginx.ssl_certificate)};\n"
+            f"    ssl_certificate_key {_quote(nginx.ssl_certificate_key)};\n"
+        )
     return f"""server {{
     listen {nginx.listen};
     server_name {nginx.server_name};
-
+{tls}
     # = the server's max_body_size: both refuse the same bodies with 413
     client_max_body_size {config.client_max_body_size};
 
