@@ -99,6 +99,11 @@ class DatabaseWrapper(mysql_base.DatabaseWrapper):
         self._pool: Pool[Any] | None = None
         self._fresh_checkout = False
         self._internal_statements = False
+        # CONN_MAX_AGE as configured. It is checked at every connect, but code
+        # that later patches a live connection's settings_dict (Django's own
+        # test suite sets CONN_MAX_AGE = None that way) gets Django's
+        # persistent-connection behaviour instead of ImproperlyConfigured.
+        self._configured_max_age = self.settings_dict.get("CONN_MAX_AGE", 0)
 
     # -- settings -------------------------------------------------------------
 
@@ -121,7 +126,9 @@ class DatabaseWrapper(mysql_base.DatabaseWrapper):
 
     def _pool_for(self, params: dict[str, Any]) -> Pool[Any]:
         options = parse_pool_options(
-            self.settings_dict["OPTIONS"].get("pool"), self.settings_dict, self.alias
+            self.settings_dict["OPTIONS"].get("pool"),
+            {**self.settings_dict, "CONN_MAX_AGE": self._configured_max_age},
+            self.alias,
         )
         autocommit = bool(self.settings_dict["AUTOCOMMIT"])
         # Settings can change under a live wrapper (the test runner renames the
@@ -164,8 +171,10 @@ class DatabaseWrapper(mysql_base.DatabaseWrapper):
 
     def init_connection_state(self) -> None:
         record = self._record()
-        if record is not None and record.prepared:
-            return  # Django's SET statements already ran on this session
+        if record is not None and record.prepared and self._internal_statements:
+            # Inside connect(): Django's SET statements already ran on this
+            # session. An explicit call runs them again, as Django's backend does.
+            return
         internal, self._internal_statements = self._internal_statements, True
         try:
             super().init_connection_state()
@@ -186,9 +195,16 @@ class DatabaseWrapper(mysql_base.DatabaseWrapper):
         if pool is None:
             return super()._close()  # type: ignore[no-any-return]
         conn, self.connection, self._pool = self.connection, None, None
+        if self.settings_dict.get("CONN_MAX_AGE", 0) != 0:
+            # CONN_MAX_AGE was set on the live connection (see __init__): Django
+            # manages persistence and closes only a connection it means to end
+            # (failed health check, too old), so it must not be reused.
+            pool.mark_broken(conn, "closed by Django: CONN_MAX_AGE set at run time")
         pool.checkin(conn)
 
     def is_usable(self) -> bool:
+        if self.connection is None:
+            return False  # handed back to the pool by _close(): not ours to ping
         record = self._record()
         if record is not None and record.broken:
             return False
