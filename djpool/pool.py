@@ -34,8 +34,9 @@ import os
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 logger = logging.getLogger("djpool")
 
@@ -59,7 +60,7 @@ class Driver(Protocol[C]):
     def ping(self, conn: C) -> None:
         """Raise if ``conn`` cannot talk to the server."""
 
-    def reset(self, conn: C, record: "Record") -> str | None:
+    def reset(self, conn: C, record: Record) -> str | None:
         """Bring ``conn`` back to a clean state; return a discard reason, or None if reusable."""
 
     def close(self, conn: C) -> None:
@@ -129,6 +130,7 @@ class Pool(Generic[C]):
         """Hand out a live connection, opening one if needed (see module doc)."""
         self._check_pid()
         deadline: float | None = None
+        record: Record | None
         with self._cond:
             self.counters["checkouts"] += 1
             while True:

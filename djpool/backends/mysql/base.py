@@ -93,6 +93,8 @@ class DatabaseWrapper(mysql_base.DatabaseWrapper):
     """Django's MySQL ``DatabaseWrapper`` whose connections come from a :class:`Pool`."""
 
     creation_class = DatabaseCreation
+    #: The raw mysqlclient connection (None between checkouts).
+    connection: Any
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -285,7 +287,7 @@ class DatabaseWrapper(mysql_base.DatabaseWrapper):
 
 def _disconnect_reason(code: int, exc: BaseException) -> str:
     """``disconnect 2013: Lost connection ...``: the discard reason, with the MySQL error code."""
-    args = getattr(exc, "args", ())
+    args: tuple[Any, ...] = getattr(exc, "args", ())
     return f"disconnect {code}: {args[1] if len(args) > 1 else exc}"
 
 
