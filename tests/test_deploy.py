@@ -148,13 +148,36 @@ class Fleet:
         return wait_for(all_up, timeout, "every worker healthy", interval=0.2)  # type: ignore[no-any-return]
 
     def rolling_restart(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return deploy_cli(
+        result = deploy_cli(
             "rolling-restart",
             f"--config={self.config_path}",
             "--via=supervisor",
             f"--supervisor-conf={self.supervisor_conf}",
             *args,
         )
+        self.wait_nginx_reloaded()
+        return result
+
+    def wait_nginx_reloaded(self) -> None:
+        """Wait until no old nginx worker is still shutting down after a reload.
+
+        Until then, an old worker may close a client's kept-alive connection under
+        the next test's first requests.
+        """
+        master = self.processes[1].pid
+
+        def settled() -> bool:
+            for stat in Path("/proc").glob("[0-9]*/stat"):
+                try:
+                    ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+                    title = (stat.parent / "cmdline").read_bytes()
+                except (OSError, IndexError, ValueError):
+                    continue
+                if ppid == master and b"shutting down" in title:
+                    return False
+            return True
+
+        wait_for(settled, 30, "old nginx workers to exit", interval=0.1)
 
     def logs(self) -> str:
         parts = []
@@ -641,3 +664,4 @@ def test_rolling_restart_stops_at_a_worker_that_does_not_come_back(fleet: Fleet)
         == 0
     )
     subprocess.run(shlex.split(load(fleet.config_path).nginx.reload_command), check=True)
+    fleet.wait_nginx_reloaded()
