@@ -35,9 +35,7 @@ def _number(name: str, value: Any, *, minimum: float, allow_none: bool, integer:
             wanted += " or None"
         raise ImproperlyConfigured(f"djpool: OPTIONS['pool']['{name}'] must be {wanted}, got {value!r}")
     if value < minimum:
-        raise ImproperlyConfigured(
-            f"djpool: OPTIONS['pool']['{name}'] must be >= {minimum:g}, got {value!r}"
-        )
+        raise ImproperlyConfigured(f"djpool: OPTIONS['pool']['{name}'] must be >= {minimum:g}, got {value!r}")
     return value
 
 
@@ -47,8 +45,7 @@ def parse_pool_options(raw: Any, settings_dict: dict[str, Any], alias: str) -> P
         raw = {}
     if not isinstance(raw, dict):
         raise ImproperlyConfigured(
-            f"djpool: DATABASES[{alias!r}]['OPTIONS']['pool'] must be True, False or a "
-            f"dict, got {raw!r}"
+            f"djpool: DATABASES[{alias!r}]['OPTIONS']['pool'] must be True, False or a dict, got {raw!r}"
         )
     known = {f.name for f in fields(PoolOptions)}
     unknown = sorted(set(raw) - known)

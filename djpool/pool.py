@@ -287,7 +287,9 @@ class Pool(Generic[C]):
         if replacing is not None:
             logger.info(
                 "djpool %s: reconnected (connection id %s) after: %s",
-                self.name, record.server_id, replacing,
+                self.name,
+                record.server_id,
+                replacing,
             )
         return conn
 
@@ -340,9 +342,7 @@ class Pool(Generic[C]):
             self.discards[key] += 1
             self.counters["discarded"] += 1
         log = logger.debug if key in QUIET_DISCARDS else logger.info
-        log(
-            "djpool %s: discarded connection id %s (%s)", self.name, record.server_id, reason
-        )
+        log("djpool %s: discarded connection id %s (%s)", self.name, record.server_id, reason)
         self.driver.close(record.conn)
 
     def _warn_about_timeouts(self, record: Record) -> None:
@@ -356,7 +356,11 @@ class Pool(Generic[C]):
                 logger.warning(
                     "djpool %s: %s=%gs exceeds the server's wait_timeout of %gs; idle "
                     "connections are replaced at %gs instead",
-                    self.name, option, value, server, server * IDLE_TIMEOUT_SAFETY,
+                    self.name,
+                    option,
+                    value,
+                    server,
+                    server * IDLE_TIMEOUT_SAFETY,
                 )
 
 

@@ -28,7 +28,7 @@ from django.utils.asyncio import async_unsafe
 from django.utils.functional import cached_property
 
 from djpool.options import parse_pool_options
-from djpool.pool import Pool, Record, forget_inherited_connections, pool_for
+from djpool.pool import Pool, Record, existing_pool, forget_inherited_connections, pool_for
 
 from .creation import DatabaseCreation
 from .driver import MySQLDriver, disconnect_code, neutralise, note_statement
@@ -101,6 +101,7 @@ class DatabaseWrapper(mysql_base.DatabaseWrapper):
         self._pool: Pool[Any] | None = None
         self._fresh_checkout = False
         self._internal_statements = False
+        self._cached_pool: tuple[tuple[Any, ...], Pool[Any]] | None = None
         # CONN_MAX_AGE as configured. It is checked at every connect, but code
         # that later patches a live connection's settings_dict (Django's own
         # test suite sets CONN_MAX_AGE = None that way) gets Django's
@@ -127,6 +128,31 @@ class DatabaseWrapper(mysql_base.DatabaseWrapper):
         return self._pool_for(self.get_connection_params())
 
     def _pool_for(self, params: dict[str, Any]) -> Pool[Any]:
+        # Every checkout asks for the pool: remember the answer for as long as
+        # the settings it was derived from stay the same (the test runner, for
+        # one, renames the database in place) and the pool is open in this process.
+        sd = self.settings_dict
+        fingerprint = (
+            sd["NAME"],
+            sd["USER"],
+            sd["PASSWORD"],
+            sd["HOST"],
+            sd["PORT"],
+            sd["AUTOCOMMIT"],
+            sd.get("CONN_HEALTH_CHECKS"),
+            self._configured_max_age,
+            repr(sd["OPTIONS"]),
+        )
+        cached = self._cached_pool
+        if cached is not None and cached[0] == fingerprint:
+            pool = cached[1]
+            if not pool.closed and pool.pid == os.getpid() and existing_pool(self.alias) is pool:
+                return pool
+        pool = self._build_pool(params)
+        self._cached_pool = (fingerprint, pool)
+        return pool
+
+    def _build_pool(self, params: dict[str, Any]) -> Pool[Any]:
         options = parse_pool_options(
             self.settings_dict["OPTIONS"].get("pool"),
             {**self.settings_dict, "CONN_MAX_AGE": self._configured_max_age},
@@ -225,9 +251,7 @@ class DatabaseWrapper(mysql_base.DatabaseWrapper):
 
     def _before_statement(self, query: Any) -> bool:
         """Note what the statement does to the session; say whether it may be replayed."""
-        replayable = (
-            self._fresh_checkout and self.get_autocommit() and not self.in_atomic_block
-        )
+        replayable = self._fresh_checkout and self.get_autocommit() and not self.in_atomic_block
         self._fresh_checkout = False
         record = self._record()
         if record is not None:

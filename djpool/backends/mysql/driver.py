@@ -56,7 +56,9 @@ def note_statement(record: Record, sql: Any) -> None:
     """Track statements that leave session state a plain rollback cannot undo."""
     if isinstance(sql, bytes):
         sql = sql.decode("utf-8", "replace")
-    head = sql.lstrip()[:24].upper()
+    # Runs for every statement: look at the first characters only, and run the
+    # full-text pattern only when its cheap necessary conditions hold.
+    head = sql[:48].lstrip()[:24].upper() or sql.lstrip()[:24].upper()
     if head.startswith(("BEGIN", "START TRANSACTION", "XA ")):
         record.flags.add(TRANSACTION_OPENED)
     elif head.startswith("SET "):
@@ -72,7 +74,7 @@ def note_statement(record: Record, sql: Any) -> None:
                 record.flags.discard(CONSTRAINT_CHECKS_OFF)
     elif head.startswith(("LOCK", "USE ", "CREATE TEMPORARY", "PREPARE", "HANDLER")):
         record.flags.add(SESSION_CHANGED)
-    elif _HIDDEN_STATE.search(sql):
+    elif ("@" in sql or "lock" in sql.lower()) and _HIDDEN_STATE.search(sql):
         record.flags.add(SESSION_CHANGED)
 
 
