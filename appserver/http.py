@@ -19,6 +19,7 @@ import logging
 import socket
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from tornado import httputil
@@ -190,12 +191,10 @@ class RequestReader(httputil.HTTPMessageDelegate):
             self._respond((code, reason, [*headers, ("Retry-After", "1")], body))
             return
         try:
-            job = self._submit_to_django()
+            self._submit_to_django()
         except Exception:
             logger.exception("request failed inside the server")
             self._respond(internal_error())
-            return
-        self._await(self._run_django(job))
 
     def on_connection_close(self) -> None:
         self.chunks = []
@@ -226,7 +225,7 @@ class RequestReader(httputil.HTTPMessageDelegate):
             response = internal_error()
         self._respond(response)
 
-    def _submit_to_django(self) -> asyncio.Future[Response]:
+    def _submit_to_django(self) -> None:
         """Queue the request on the Django thread now, so the next request's queue check sees it."""
         frontend = self.frontend
         worker = frontend.worker
@@ -245,14 +244,19 @@ class RequestReader(httputil.HTTPMessageDelegate):
         app = worker.application
         assert app is not None
         frontend.django_requests += 1
-        return worker.django.submit(
-            lambda: call_application(app, environ), f"{self.start_line.method} {self.start_line.path}"
-        )
+        worker.django.call(partial(call_application, app, environ), self._django_done, self)
 
-    async def _run_django(self, job: asyncio.Future[Response]) -> Response:
-        response = await job
+    def _django_done(self, response: Response | None, error: BaseException | None) -> None:
+        if error is not None or response is None:
+            logger.error("request failed inside the server", exc_info=error)
+            response = internal_error()
+        # Before responding: at --max_requests the drain starts now, and this
+        # last response already tells the client to reconnect elsewhere.
         self.frontend.worker.request_done(self.frontend.django_requests)
-        return response
+        self._respond(response)
+
+    def __str__(self) -> str:
+        return f"{self.start_line.method} {self.start_line.path}" if self.start_line else "(request)"
 
     # -- responses --------------------------------------------------------------
 
