@@ -4,7 +4,7 @@
 One process serves one port with one persistent database connection; run
 several behind nginx (see README.md), each under supervisor or systemd, or
 all from one command with ``--ports=8001-8004``. ``python server.py --help`` lists every
-flag with its default; docs/configuration.md explains them.
+flag with its default; docs/server-options.md explains them.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Each :class:`Setting` carries its name, type, default and help text; from this
 table come the command-line flags (``tornado.options``), ``--config`` files,
-``python server.py --help`` and docs/configuration.md (``make docs``), so the
+``python server.py --help`` and docs/server-options.md (``make docs``), so the
 three cannot drift apart.
 """
 

@@ -11,7 +11,7 @@ The database comes from ``DATABASE_URL`` (the dj-database-url convention):
 
 Other environment variables: ``DJANGO_DEBUG`` (``1`` to enable),
 ``DJANGO_SECRET_KEY``, ``DJANGO_ALLOWED_HOSTS`` (comma-separated),
-``DJANGO_STATIC_ROOT``. Every one is listed in docs/configuration.md.
+``DJANGO_STATIC_ROOT``. Every one is listed in README.md (Configuration of the demo project).
 """
 
 from __future__ import annotations
