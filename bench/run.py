@@ -148,7 +148,9 @@ def wait_http(url: str, timeout: float = 30.0) -> None:
 class Running:
     """A backend's two processes."""
 
-    def __init__(self, backend: Backend, database_url: str, ports: list[int], log: Path) -> None:
+    def __init__(
+        self, backend: Backend, database_url: str, ports: list[int], log: Path, config_file: Path
+    ) -> None:
         env = {
             **os.environ,
             "DATABASE_URL": database_url,
@@ -160,7 +162,8 @@ class Running:
         self.log = open(log, "ab")
         for port in ports:
             if backend.kind == "server":
-                args = [PYTHON, "server.py", f"--port={port}", "--log_format=off", "--logging=warning"]
+                # The deploy file's [server] table, as supervisor/systemd would run it.
+                args = [PYTHON, "server.py", f"--config={config_file}", f"--port={port}"]
             else:
                 args = [
                     PYTHON,
@@ -202,17 +205,25 @@ class Running:
 
 
 class Nginx:
-    """nginx in a temporary prefix, proxying to the backend ports (config from ``deploy``)."""
+    """nginx in a temporary prefix, proxying to the backend ports; its site file is
+    what ``python -m deploy render`` writes for a deploy file naming those ports."""
 
     def __init__(self, workdir: Path, ports: list[int]) -> None:
+        from deploy import nginx as deploy_nginx
+        from deploy.config import load
+        from deploy.render import header
+
         self.port = free_port()
         self.prefix = workdir / "nginx"
-        (self.prefix / "logs").mkdir(parents=True, exist_ok=True)
-        conf = self.prefix / "nginx.conf"
-        conf.write_text(render_nginx(self.prefix, self.port, ports))
-        binary = shutil.which("nginx") or "/usr/sbin/nginx"
+        self.deploy_file = workdir / "deploy.toml"
+        self.deploy_file.write_text(deploy_toml(workdir, self.port, ports))
+        config = load(self.deploy_file)
+        site = workdir / "site.conf"
+        site.write_text(deploy_nginx.render(config, header(config)))
+        deploy_nginx.write_standalone(self.prefix, site)
+        binary = deploy_nginx.binary() or "nginx"
         self.proc = subprocess.Popen(
-            [binary, "-p", str(self.prefix), "-c", str(conf), "-g", "daemon off;"],
+            deploy_nginx.command(binary, self.prefix, "-g", "daemon off;"),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -223,9 +234,8 @@ class Nginx:
                 break
             except OSError:
                 if time.monotonic() > deadline or self.proc.poll() is not None:
-                    raise RuntimeError(
-                        f"nginx did not start: {(self.prefix / 'logs' / 'error.log').read_text()}"
-                    )
+                    log = (self.prefix / "error.log").read_text(errors="replace")
+                    raise RuntimeError(f"nginx did not start: {log}") from None
                 time.sleep(0.05)
 
     def stop(self) -> None:
@@ -236,40 +246,27 @@ class Nginx:
             self.proc.kill()
 
 
-def render_nginx(prefix: Path, listen: int, ports: list[int]) -> str:
-    """A complete nginx.conf for the benchmark (TODO: the deploy renderer's blocks)."""
-    servers = "\n".join(f"        server 127.0.0.1:{p} max_fails=3 fail_timeout=10s;" for p in ports)
+def deploy_toml(workdir: Path, listen: int, ports: list[int]) -> str:
+    """The benchmark's deployment, as a user would write it (docs/deploy.md)."""
     return f"""
-worker_processes 1;
-pid {prefix}/nginx.pid;
-error_log {prefix}/logs/error.log warn;
-events {{ worker_connections 1024; }}
-http {{
-    access_log off;
-    client_body_temp_path {prefix}/client_body;
-    proxy_temp_path {prefix}/proxy;
-    fastcgi_temp_path {prefix}/fastcgi;
-    uwsgi_temp_path {prefix}/uwsgi;
-    scgi_temp_path {prefix}/scgi;
-    upstream app {{
-        least_conn;
-{servers}
-        keepalive 16;
-        keepalive_timeout 60s;
-    }}
-    server {{
-        listen 127.0.0.1:{listen};
-        location / {{
-            proxy_pass http://app;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header Host $http_host;
-            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-            proxy_set_header X-Real-IP $remote_addr;
-            proxy_next_upstream error timeout http_503;
-        }}
-    }}
-}}
+app = "bench"
+user = "root"
+[paths]
+config = "{workdir}/deploy.toml"
+code = "{ROOT}"
+virtualenv = "{Path(sys.executable).parent.parent}"
+static_root = "{workdir}/static"
+media_root = "{workdir}/media"
+log_dir = "{workdir}"
+[[hosts]]
+address = "127.0.0.1"
+ports = "{",".join(map(str, ports))}"
+[nginx]
+listen = "127.0.0.1:{listen}"
+server_name = "bench.invalid"
+keepalive = 16
+[server]
+xheaders = true
 """
 
 
@@ -431,7 +428,9 @@ def main() -> int:
         try:
             for round_no in range(1, args.rounds + 1):
                 for backend in BACKENDS:
-                    running = Running(backend, database_url, ports, workdir / f"{backend.key}.log")
+                    running = Running(
+                        backend, database_url, ports, workdir / f"{backend.key}.log", nginx.deploy_file
+                    )
                     try:
                         for endpoint, path, lua in (
                             ("GET /api/notes/<id>", f"/api/notes/{note_id}", None),
