@@ -376,8 +376,9 @@ def chart(results: dict[tuple[str, str], Result], path: Path) -> None:
             ax.bar_label(bars, fmt="%.0f", fontsize=8)
         ax.set_xticks(range(len(endpoints)), endpoints)
         ax.set_title(title, fontsize=10)
-    axes[0].legend(fontsize=8, loc="upper right")
-    fig.tight_layout()
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     fig.savefig(path, dpi=110)
 
 
