@@ -30,20 +30,11 @@ class PoolCollector(Collector):
     def collect(self) -> Iterator[Any]:
         try:
             import djpool
+            from djpool.pool import COUNTERS  # the list Pool.stats() reports
         except ImportError:
             return
         stats = djpool.stats()
-        counters = (
-            "connects",
-            "reuses",
-            "checkouts",
-            "pings",
-            "ping_failures",
-            "reconnects",
-            "waits",
-            "timeouts",
-        )
-        for name in counters:
+        for name in COUNTERS:
             family = CounterMetricFamily(
                 f"djpool_{name}", f"djpool: {name.replace('_', ' ')}", labels=["alias"]
             )
