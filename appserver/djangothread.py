@@ -7,12 +7,15 @@ while the IOLoop thread keeps reading requests, answering ``/-/health`` and
 writing responses.
 
 The hand-off is a plain queue one way and ``call_soon_threadsafe`` the other:
-one thread switch per request, no executor futures.
+one thread switch per request, no executor futures. Results finished while
+the loop has not yet picked up the previous ones ride along with them: one
+wake-up of the loop delivers all of them, in order.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import queue
 import threading
 import time
@@ -28,6 +31,9 @@ class DjangoThread:
     def __init__(self, loop: asyncio.AbstractEventLoop, name: str = "django") -> None:
         self._loop = loop
         self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        #: Finished jobs not yet delivered on the loop, and whether a delivery is scheduled.
+        self._results: collections.deque[tuple[Any, Any, BaseException | None]] = collections.deque()
+        self._wake_scheduled = False
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         #: Jobs submitted and not yet finished (running one included). Loop thread only.
         self.pending = 0
@@ -79,6 +85,7 @@ class DjangoThread:
 
     def _run(self) -> None:
         call_soon = self._loop.call_soon_threadsafe
+        results = self._results
         while True:
             job = self._jobs.get()
             if job is _STOP:
@@ -92,13 +99,25 @@ class DjangoThread:
                 result, error = None, exc
             self.busy_since = None
             self.current = None
-            try:
-                call_soon(self._deliver, done, result, error)
-            except RuntimeError:
-                return  # the loop is closed: the process is going away
+            results.append((done, result, error))
+            # The loop clears the flag before it takes the results, so a result
+            # appended after that is either taken too or gets its own wake-up.
+            if not self._wake_scheduled:
+                self._wake_scheduled = True
+                try:
+                    call_soon(self._deliver)
+                except RuntimeError:
+                    return  # the loop is closed: the process is going away
 
-    def _deliver(
-        self, done: Callable[[Any, BaseException | None], None], result: Any, error: BaseException | None
-    ) -> None:
-        self.pending -= 1
-        done(result, error)
+    def _deliver(self) -> None:
+        self._wake_scheduled = False
+        results = self._results
+        try:
+            while results:
+                done, result, error = results.popleft()
+                self.pending -= 1
+                done(result, error)
+        finally:
+            if results and not self._wake_scheduled:  # a callback raised: deliver the rest next
+                self._wake_scheduled = True
+                self._loop.call_soon(self._deliver)

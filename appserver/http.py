@@ -16,6 +16,7 @@ import email.utils
 import ipaddress
 import json
 import logging
+import re
 import socket
 import time
 from collections.abc import Awaitable, Callable
@@ -37,6 +38,36 @@ logger = logging.getLogger("appserver")
 
 _date_cache: list[Any] = [0, ""]
 
+#: RFC 9110 header names (tokens), and the characters no header value may hold
+#: (control characters except tab: CR and LF above all). Tornado's own
+#: ``HTTPHeaders.add`` checks the same with slower regexes on every call.
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_FORBIDDEN_IN_VALUE = re.compile(r"[\x00-\x08\x0A-\x1F\x7F]")
+#: Header names already found valid (applications send the same few again and again).
+_valid_names: set[str] = set()
+
+
+def response_headers(header_list: list[tuple[str, str]]) -> httputil.HTTPHeaders:
+    """The application's headers as ``HTTPHeaders``; ValueError for an invalid name or value."""
+    headers = httputil.HTTPHeaders()
+    search_forbidden = _FORBIDDEN_IN_VALUE.search
+    for name, value in header_list:
+        if name not in _valid_names:
+            if not isinstance(name, str) or not _TOKEN.fullmatch(name):
+                raise ValueError(f"invalid response header name {name!r}")
+            if len(_valid_names) < 256:
+                _valid_names.add(name)
+        if isinstance(value, bytes):  # not WSGI, but Tornado's own check let it through
+            value = value.decode("utf-8")
+        value = value.strip()
+        if search_forbidden(value):
+            raise ValueError(f"invalid value for response header {name!r}: {value!r}")
+        if name in headers:
+            headers.add(name, value)  # a repeated header (Set-Cookie): kept as a list
+        else:
+            headers[name] = value
+    return headers
+
 
 def http_date() -> str:
     """The current time as an HTTP ``Date`` value (formatted at most once a second)."""
@@ -55,6 +86,23 @@ def json_response(code: int, payload: Any, reason: str | None = None) -> Respons
         [("Content-Type", "application/json"), ("Cache-Control", "no-store")],
         body,
     )
+
+
+_valid_addresses: dict[str, bool] = {}
+
+
+def is_ip_address(text: str) -> bool:
+    """Whether ``text`` is an IPv4 or IPv6 address (cached: clients come back)."""
+    known = _valid_addresses.get(text)
+    if known is None:
+        try:
+            ipaddress.ip_address(text)
+            known = True
+        except ValueError:
+            known = False
+        if len(_valid_addresses) < 4096:
+            _valid_addresses[text] = known
+    return known
 
 
 class AddressSet:
@@ -116,9 +164,7 @@ class Frontend(httputil.HTTPServerConnectionDelegate):
             real_ip = headers.get("X-Real-IP", "").strip()
             if real_ip:
                 client = real_ip
-        try:
-            ipaddress.ip_address(client)
-        except ValueError:
+        if client != peer and not is_ip_address(client):
             client = peer  # garbage in the header: keep the real peer
         proto = headers.get("X-Forwarded-Proto", headers.get("X-Scheme", "")).split(",")[-1].strip().lower()
         return client, proto if proto in ("http", "https") else scheme
@@ -281,9 +327,7 @@ class RequestReader(httputil.HTTPMessageDelegate):
     def _write(self, response: Response) -> tuple[int, int]:
         code, reason, header_list, body = response
         assert self.start_line is not None
-        headers = httputil.HTTPHeaders()
-        for name, value in header_list:
-            headers.add(name, value.strip())
+        headers = response_headers(header_list)
         if "Date" not in headers:
             headers["Date"] = http_date()
         has_body = code >= 200 and code not in (204, 304)
@@ -353,9 +397,16 @@ class ClientStream(IOStream):
       reports a 502 for the client's error). Here it gets 431.
     * A request Tornado cannot parse gets Tornado's bare 400, which has no
       ``Date`` (RFC 9110 6.6.1) and no ``Content-Length``; here it has both.
+
+    Also, ``TCP_NODELAY`` is set once for the connection's lifetime: Tornado
+    turns it off and on around every request (two ``setsockopt`` calls), which
+    only matters for responses written in pieces, and ours are written whole.
     """
 
     frontend: Frontend
+
+    def set_nodelay(self, value: bool) -> None:
+        pass  # always on (see the class doc)
 
     def write(self, data: bytes | memoryview) -> asyncio.Future[None]:
         if data == TORNADO_BARE_400:
@@ -383,6 +434,7 @@ class HTTPFront(HTTPServer):
 
     def handle_stream(self, stream: IOStream, address: tuple[Any, ...]) -> None:
         if type(stream) is IOStream:
+            IOStream.set_nodelay(stream, True)
             stream.__class__ = ClientStream
             stream.frontend = self.request_callback  # type: ignore[attr-defined]
         super().handle_stream(stream, address)

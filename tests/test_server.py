@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.support import PYTHON, ROOT, MariaDB, MySQLServer, ServerProcess, free_port
+from tests.support import PYTHON, ROOT, MariaDB, MySQLServer, ServerProcess, free_port, wait_for
 
 Start = Callable[..., ServerProcess]
 
@@ -256,7 +256,14 @@ def test_an_exception_escaping_the_wsgi_app_gives_500_not_a_hang(sqlite_server: 
 
 def test_access_log_has_method_path_status_bytes_latency_and_client(sqlite_server: ServerProcess) -> None:
     sqlite_server.get("/api/notes/424242?probe=1")
-    line = next(line for line in sqlite_server.log().splitlines() if "/api/notes/424242?probe=1" in line)
+    # The line is written just after the response is sent: the client can be faster.
+    line = wait_for(
+        lambda: next(
+            (line for line in sqlite_server.log().splitlines() if "/api/notes/424242?probe=1" in line), None
+        ),
+        5,
+        "the access log line",
+    )
     assert line.split("appserver.access]")[1].split()[0] == "127.0.0.1"
     assert '"GET /api/notes/424242?probe=1 HTTP/1.1" 404 ' in line
     assert "ms port=" in line
