@@ -100,8 +100,8 @@ class DjangoThread:
             self.busy_since = None
             self.current = None
             results.append((done, result, error))
-            # The loop clears the flag before it takes the results, so a result
-            # appended after that is either taken too or gets its own wake-up.
+            # _deliver clears the flag only once it found nothing left after it:
+            # a result appended before that is taken by it, one after gets a wake-up.
             if not self._wake_scheduled:
                 self._wake_scheduled = True
                 try:
@@ -110,14 +110,19 @@ class DjangoThread:
                     return  # the loop is closed: the process is going away
 
     def _deliver(self) -> None:
-        self._wake_scheduled = False
         results = self._results
         try:
-            while results:
-                done, result, error = results.popleft()
-                self.pending -= 1
-                done(result, error)
-        finally:
-            if results and not self._wake_scheduled:  # a callback raised: deliver the rest next
-                self._wake_scheduled = True
-                self._loop.call_soon(self._deliver)
+            while True:
+                while results:
+                    done, result, error = results.popleft()
+                    self.pending -= 1
+                    done(result, error)
+                self._wake_scheduled = False
+                if not results:
+                    return
+                self._wake_scheduled = True  # one arrived just now: take it too
+        except BaseException:
+            # A callback raised: deliver the rest on the next loop iteration.
+            self._wake_scheduled = True
+            self._loop.call_soon(self._deliver)
+            raise
