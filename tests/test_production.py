@@ -94,25 +94,29 @@ def exit_code(server: ServerProcess, timeout: float) -> int:
 
 @pytest.mark.slow
 def test_sigterm_lets_50_in_flight_requests_finish_then_exits_0(start_server: Start) -> None:
-    # One Django thread runs them one after the other: 50 x 0.2 s = 10 s of draining.
+    # A 2 s request holds the Django thread, so all 50 slow requests (0.1 s each) are
+    # surely read and queued when SIGTERM arrives, however loaded the machine is.
     server = start_server(None, "--max_queue=100", "--graceful_timeout=60")
-    with ThreadPoolExecutor(max_workers=50) as pool:
-        futures = [pool.submit(fetch, server.url("/test/slow?s=0.2")) for _ in range(50)]
-        wait_for(lambda: django_jobs(server) == 50, 10, "50 requests queued for Django")
+    with ThreadPoolExecutor(max_workers=51) as pool:
+        blocker = pool.submit(fetch, server.url("/test/slow?s=2"))
+        wait_for(lambda: django_jobs(server) == 1, 10, "the blocking request to start")
+        futures = [pool.submit(fetch, server.url("/test/slow?s=0.1")) for _ in range(50)]
+        wait_for(lambda: django_jobs(server) == 51, 10, "50 requests queued behind it")
         signalled = time.monotonic()
         server.signal(signal.SIGTERM)
         # Draining: the port no longer accepts new connections, the accepted ones go on.
         wait_for(lambda: refused(server.port), 5, "the listening socket to close")
         results = [f.result() for f in futures]
+        assert blocker.result().status_code == 200  # type: ignore[union-attr]
     code = exit_code(server, 30)
     drained = time.monotonic() - signalled
     failures = [r for r in results if not isinstance(r, requests.Response) or r.status_code != 200]
     assert failures == []
-    assert all(r.json() == {"slept": 0.2} for r in results)  # type: ignore[union-attr]
+    assert all(r.json() == {"slept": 0.1} for r in results)  # type: ignore[union-attr]
     assert code == 0
     assert "draining: SIGTERM" in server.log()
     assert "stopped cleanly" in server.log()
-    print(f"drained 50 x 0.2 s requests in {drained:.2f} s")
+    print(f"drained 50 queued requests in {drained:.2f} s")
 
 
 def test_a_request_arriving_on_a_keep_alive_connection_during_the_drain_is_answered(
@@ -180,7 +184,7 @@ def test_full_queue_answers_503_with_retry_after_at_once(start_server: Start) ->
 
     def slow(_: int) -> tuple[int, float, requests.Response]:
         started = time.monotonic()
-        r = requests.get(server.url("/test/slow?s=0.5"), timeout=30)
+        r = requests.get(server.url("/test/slow?s=1.5"), timeout=30)
         return r.status_code, time.monotonic() - started, r
 
     results = run_concurrently(6, slow)
@@ -275,7 +279,8 @@ def test_date_header_on_200_400_404_413_431_503_and_head(start_server: Start) ->
         "HEAD": server.session.head(server.url("/test/client"), timeout=10),
     }
     with ThreadPoolExecutor(max_workers=2) as pool:
-        busy = [pool.submit(fetch, server.url("/test/slow?s=0.5")) for _ in range(2)]
+        # Long enough that a loaded machine still sends the next request while both wait.
+        busy = [pool.submit(fetch, server.url("/test/slow?s=2")) for _ in range(2)]
         wait_for(lambda: django_jobs(server) == 2, 5, "one request running, one waiting")
         responses["503"] = server.get("/test/client")
         assert [f.result().status_code for f in busy] == [200, 200]  # type: ignore[union-attr]
