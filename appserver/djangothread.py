@@ -37,6 +37,8 @@ class DjangoThread:
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         #: Jobs submitted and not yet finished (running one included). Loop thread only.
         self.pending = 0
+        #: Of those, the server's own jobs (health checks, start-up, shutdown): submit().
+        self.internal = 0
         #: monotonic() when the running job started, None when idle.
         self.busy_since: float | None = None
         #: The running job's label (e.g. the request), None when idle.
@@ -49,10 +51,16 @@ class DjangoThread:
         return self._thread.ident
 
     def submit(self, fn: Callable[[], Any], label: object = "") -> asyncio.Future[Any]:
-        """Run ``fn()`` on the Django thread; call from the loop thread."""
+        """Run one of the server's own jobs on the Django thread; call from the loop thread.
+
+        Counted in :attr:`internal` as well, so that a health check never takes a
+        request's place in the ``--max_queue`` budget.
+        """
         future = self._loop.create_future()
+        self.internal += 1
 
         def settle(result: Any, error: BaseException | None) -> None:
+            self.internal -= 1
             if future.cancelled():
                 return
             if error is not None:

@@ -228,8 +228,9 @@ class RequestReader(httputil.HTTPMessageDelegate):
             self._internal(path)
             return
         django = frontend.worker.django
-        # pending counts the job running now; --max_queue is how many may wait behind it.
-        if django.pending > frontend.max_queue:
+        # pending counts the job running now; --max_queue is how many requests may wait
+        # behind it (the server's own jobs, such as a health check, do not count).
+        if django.pending - django.internal > frontend.max_queue:
             frontend.worker.metrics.rejected.inc()
             code, reason, headers, body = json_response(
                 503, {"error": "server busy: request queue full", "max_queue": frontend.max_queue}
