@@ -88,6 +88,23 @@ def json_response(code: int, payload: Any, reason: str | None = None) -> Respons
     )
 
 
+def closing_response(code: int, payload: Any) -> tuple[bytes, bytes]:
+    """A JSON response with ``Connection: close`` as raw bytes: (head, body).
+
+    For the answers written straight to a socket, outside Tornado's response
+    path: a refused body (413) or request head (431).
+    """
+    _, reason, header_list, body = json_response(code, payload)
+    headers = [
+        *header_list,
+        ("Date", http_date()),
+        ("Content-Length", str(len(body))),
+        ("Connection", "close"),
+    ]
+    head = f"HTTP/1.1 {code} {reason}\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers) + "\r\n"
+    return head.encode("latin-1"), body
+
+
 _valid_addresses: dict[str, bool] = {}
 
 
@@ -354,25 +371,15 @@ class RequestReader(httputil.HTTPMessageDelegate):
         """413 without reading the body, then close: the only way not to read it."""
         self.rejected = True
         limit = self.frontend.max_body_size
-        code, reason, header_list, body = json_response(
-            413,
-            {"error": "request body too large", "content_length": length, "max_body_size": limit},
+        head, body = closing_response(
+            413, {"error": "request body too large", "content_length": length, "max_body_size": limit}
         )
-        headers = httputil.HTTPHeaders()
-        for name, value in header_list:
-            headers.add(name, value)
-        headers["Date"] = http_date()
-        headers["Content-Length"] = str(len(body))
-        headers["Connection"] = "close"
-        head = f"HTTP/1.1 {code} {reason}\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.get_all())
         stream = self.conn.detach()  # type: ignore[attr-defined]
         assert self.start_line is not None
-        self.frontend.worker.metrics.observe(self.start_line.method, code, time.monotonic() - self.started)
-        self.frontend.access_log.log(
-            self.client, self.start_line, self.headers, code, len(body), self.started
-        )
+        self.frontend.worker.metrics.observe(self.start_line.method, 413, time.monotonic() - self.started)
+        self.frontend.access_log.log(self.client, self.start_line, self.headers, 413, len(body), self.started)
         try:
-            stream.write(head.encode("latin-1") + b"\r\n" + body).add_done_callback(lambda _f: stream.close())
+            stream.write(head + body).add_done_callback(lambda _f: stream.close())
         except StreamClosedError:
             pass
 
@@ -445,22 +452,19 @@ def refuse_large_head(frontend: Frontend, sock: socket.socket) -> None:
     """Answer 431 on ``sock`` and close it gently (see :data:`LINGER_SECONDS`)."""
     started = time.monotonic()
     limit = frontend.worker.options.max_header_size
-    code, reason, header_list, body = json_response(
+    head, body = closing_response(
         431, {"error": "request line and headers too large", "max_header_size": limit}
     )
-    headers = [*header_list, ("Date", http_date()), ("Content-Length", str(len(body)))]
-    headers.append(("Connection", "close"))
-    head = f"HTTP/1.1 {code} {reason}\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers) + "\r\n"
     try:
         peer = sock.getpeername()[0]
         conn = sock.dup()  # outlives Tornado's close of the original
     except OSError:
         return
     logger.info("request head from %s is over --max_header_size (%d bytes): 431", peer, limit)
-    frontend.worker.metrics.observe("-", code, time.monotonic() - started)
+    frontend.worker.metrics.observe("-", 431, time.monotonic() - started)
     try:
         conn.setblocking(False)
-        conn.send(head.encode("latin-1") + body)
+        conn.send(head + body)
         conn.shutdown(socket.SHUT_WR)
     except OSError:
         conn.close()
