@@ -206,12 +206,7 @@ class Pool(Generic[C]):
 
     def replace(self, conn: C, reason: str) -> C:
         """Discard a checked-out ``conn`` that just failed, and hand out a fresh one."""
-        with self._cond:
-            record = self._in_use.pop(id(conn), None)
-            self._opening += 1
-        if record is not None:
-            self._discard(record, reason)
-        return self._open_new(replacing=reason)
+        return self._swap(conn, reason, replacing=reason)
 
     def record(self, conn: C) -> Record | None:
         """The pool's record of a checked-out connection (None if unknown)."""
@@ -297,12 +292,12 @@ class Pool(Generic[C]):
         """Decide whether an idle connection can be handed out; replace it if not."""
         now = time.monotonic()
         idle = now - record.last_used
-        reason = None
+        max_idle = self._max_idle(record)
         if self._too_old(record, now):
-            reason = "max_lifetime"
-        elif self._max_idle(record) is not None and idle >= self._max_idle(record):  # type: ignore[operator]
-            reason = "idle_timeout"
-        elif idle >= self.options.ping_after:
+            return self._swap(record.conn, "max_lifetime", replacing=None)
+        if max_idle is not None and idle >= max_idle:
+            return self._swap(record.conn, "idle_timeout", replacing=None)
+        if idle >= self.options.ping_after:
             with self._cond:
                 self.counters["pings"] += 1
             try:
@@ -310,21 +305,25 @@ class Pool(Generic[C]):
             except Exception as exc:
                 with self._cond:
                     self.counters["ping_failures"] += 1
-                with self._cond:
-                    self._in_use.pop(id(record.conn), None)
-                    self._opening += 1
-                self._discard(record, f"ping failed: {exc}")
-                return self._open_new(replacing=f"ping failed: {exc}")
-        if reason is not None:
-            with self._cond:
-                self._in_use.pop(id(record.conn), None)
-                self._opening += 1
-            self._discard(record, reason)
-            return self._open_new(replacing=None)
+                reason = f"ping failed: {exc}"
+                return self._swap(record.conn, reason, replacing=reason)
         record.uses += 1
         with self._cond:
             self.counters["reuses"] += 1
         return record.conn  # type: ignore[no-any-return]
+
+    def _swap(self, conn: C, reason: str, replacing: str | None) -> C:
+        """Discard checked-out ``conn`` and open its successor in the same slot.
+
+        ``replacing`` (the failure) counts the new one as a reconnect; a
+        connection retired by policy (age, idleness) is replaced quietly.
+        """
+        with self._cond:
+            record = self._in_use.pop(id(conn), None)
+            self._opening += 1
+        if record is not None:
+            self._discard(record, reason)
+        return self._open_new(replacing=replacing)
 
     def _max_idle(self, record: Record) -> float | None:
         limits = [self.options.max_idle] if self.options.max_idle is not None else []
