@@ -40,7 +40,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.support import MariaDB, MySQLServer, free_port, migrate, server_from_url  # noqa: E402
+from tests.support import (  # noqa: E402
+    MariaDB,
+    MySQLServer,
+    free_port,
+    migrate,
+    server_from_url,
+    wait_for,
+)
 
 RESULTS = ROOT / "bench" / "results"
 PYTHON = sys.executable
@@ -134,15 +141,13 @@ def children_of(pid: int) -> list[int]:
 
 
 def wait_http(url: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status < 500:
-                    return
-        except Exception:
-            time.sleep(0.1)
-    raise RuntimeError(f"{url} did not answer within {timeout}s")
+    """Wait until ``url`` answers below 500."""
+
+    def answers() -> bool:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return bool(response.status < 500)
+
+    wait_for(answers, timeout, url, interval=0.1)
 
 
 class Running:
