@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tornado import httputil
+if TYPE_CHECKING:
+    from .http import Exchange
 
 logger = logging.getLogger("appserver.access")
 
@@ -58,32 +59,24 @@ class AccessLog:
         self.format = fmt
         self.port = port
 
-    def log(
-        self,
-        remote_ip: str,
-        start_line: httputil.RequestStartLine,
-        headers: httputil.HTTPHeaders | None,
-        status: int,
-        nbytes: int,
-        started: float,
-    ) -> None:
+    def log(self, request: Exchange, status: int, nbytes: int) -> None:
         """Log one request; level INFO below 500, WARNING for 5xx."""
         if self.format == "off":
             return
         level = logging.WARNING if status >= 500 else logging.INFO
         if not logger.isEnabledFor(level):
             return
-        latency_ms = (time.monotonic() - started) * 1000.0
-        referer = headers.get("Referer", "-") if headers else "-"
-        agent = headers.get("User-Agent", "-") if headers else "-"
+        latency_ms = (time.monotonic() - request.started) * 1000.0
+        referer = request.header("Referer", "-")
+        agent = request.header("User-Agent", "-")
         if self.format == "json":
             line = json.dumps(
                 {
                     "time": time.time(),
-                    "remote": remote_ip,
-                    "method": start_line.method,
-                    "path": start_line.path,
-                    "version": start_line.version,
+                    "remote": request.client,
+                    "method": request.method,
+                    "path": request.target,
+                    "version": request.version,
                     "status": status,
                     "bytes": nbytes,
                     "referer": referer,
@@ -97,11 +90,11 @@ class AccessLog:
         logger.log(
             level,
             '%s - - [%s] "%s %s %s" %d %d "%s" "%s" %.2fms port=%d',
-            remote_ip,
+            request.client,
             _clf_time(),
-            start_line.method,
-            start_line.path,
-            start_line.version,
+            request.method,
+            request.target,
+            request.version,
             status,
             nbytes,
             referer,

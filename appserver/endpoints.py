@@ -12,7 +12,7 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
-from .http import RequestReader, json_response
+from .http import Exchange, json_response
 from .wsgi import Response
 
 if TYPE_CHECKING:
@@ -60,7 +60,7 @@ class Health:
         self.last: dict[str, Any] | None = None
         self.last_at = 0.0
 
-    async def __call__(self, reader: RequestReader) -> Response:
+    async def __call__(self, request: Exchange) -> Response:
         worker = self.worker
         django = worker.django
         body: dict[str, Any] = {
@@ -114,7 +114,7 @@ class MetricsEndpoint:
     def __init__(self, worker: Worker) -> None:
         self.worker = worker
 
-    async def __call__(self, reader: RequestReader) -> Response:
+    async def __call__(self, request: Exchange) -> Response:
         from .metrics import CONTENT_TYPE
 
         metrics = self.worker.metrics

@@ -19,7 +19,7 @@ import logging
 import re
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -47,9 +47,8 @@ _FORBIDDEN_IN_VALUE = re.compile(r"[\x00-\x08\x0A-\x1F\x7F]")
 _valid_names: set[str] = set()
 
 
-def response_headers(header_list: list[tuple[str, str]]) -> httputil.HTTPHeaders:
-    """The application's headers as ``HTTPHeaders``; ValueError for an invalid name or value."""
-    headers = httputil.HTTPHeaders()
+def checked_headers(header_list: list[tuple[str, str]]) -> Iterator[tuple[str, str]]:
+    """The application's headers, each checked; ValueError for an invalid name or value."""
     search_forbidden = _FORBIDDEN_IN_VALUE.search
     for name, value in header_list:
         if name not in _valid_names:
@@ -62,11 +61,69 @@ def response_headers(header_list: list[tuple[str, str]]) -> httputil.HTTPHeaders
         value = value.strip()
         if search_forbidden(value):
             raise ValueError(f"invalid value for response header {name!r}: {value!r}")
+        yield name, value
+
+
+def response_headers(header_list: list[tuple[str, str]]) -> httputil.HTTPHeaders:
+    """The application's headers as ``HTTPHeaders`` (for ``--http=tornado``)."""
+    headers = httputil.HTTPHeaders()
+    for name, value in checked_headers(header_list):
         if name in headers:
             headers.add(name, value)  # a repeated header (Set-Cookie): kept as a list
         else:
             headers[name] = value
     return headers
+
+
+_NO_BODY = frozenset({204, 304})
+
+
+def encode_response(
+    response: Response, head_request: bool, version: str, close: bool
+) -> tuple[bytes, int, int, bool]:
+    """A response as bytes to write: (data, status, body bytes sent, close after it).
+
+    Adds ``Date`` and ``Content-Length`` when the application did not, and
+    ``Connection: close`` (or ``keep-alive`` for an HTTP/1.0 client that asked
+    for it). ValueError for an invalid header, or a ``Content-Length`` that
+    does not match the body: sent as is, it would desynchronise the connection.
+    """
+    code, reason, header_list, body = response
+    lines = [f"HTTP/1.1 {code} {reason or httputil.responses.get(code, 'Unknown')}\r\n"]
+    has_date = False
+    length: str | None = None
+    for name, value in checked_headers(header_list):
+        lower = name.lower()
+        if lower == "date":
+            has_date = True
+        elif lower == "content-length":
+            length = value
+            continue  # written below, once, after it is checked
+        elif lower == "connection":
+            close = close or "close" in value.lower()
+            continue  # ours below says what this connection does
+        elif lower == "transfer-encoding":
+            continue  # the body is whole: Content-Length describes it
+        lines.append(f"{name}: {value}\r\n")
+    if not has_date:
+        lines.append(f"Date: {http_date()}\r\n")
+    has_body = code >= 200 and code not in _NO_BODY
+    if has_body:
+        if length is None:
+            length = str(len(body))
+        elif not head_request and length != str(len(body)):
+            raise ValueError(f"Content-Length {length} does not match the body ({len(body)} bytes)")
+        lines.append(f"Content-Length: {length}\r\n")
+    if close:
+        lines.append("Connection: close\r\n\r\n")
+    elif version == "HTTP/1.0":
+        lines.append("Connection: keep-alive\r\n\r\n")
+    else:
+        lines.append("\r\n")
+    data = "".join(lines).encode("latin-1")
+    if has_body and not head_request and body:
+        return data + body, code, len(body), close
+    return data, code, 0, close
 
 
 def http_date() -> str:
@@ -156,7 +213,7 @@ class Frontend(httputil.HTTPServerConnectionDelegate):
         self.trusted_proxies = AddressSet(options.trusted_proxies)
         self.internal_allow = AddressSet(options.internal_allow)
         #: Requests read but not answered yet (queued for Django or running).
-        self.in_flight: set[RequestReader] = set()
+        self.in_flight: set[Exchange] = set()
         self.django_requests = 0
 
     def start_request(
@@ -164,12 +221,12 @@ class Frontend(httputil.HTTPServerConnectionDelegate):
     ) -> httputil.HTTPMessageDelegate:
         return RequestReader(self, request_conn)
 
-    def client_address(self, peer: str, headers: httputil.HTTPHeaders, scheme: str) -> tuple[str, str]:
+    def client_address(self, peer: str, request: Exchange, scheme: str) -> tuple[str, str]:
         """The client's address and scheme, believing forwarded headers only from trusted proxies."""
         if not self.xheaders or peer not in self.trusted_proxies:
             return peer, scheme
         client = peer
-        forwarded_for = headers.get("X-Forwarded-For")
+        forwarded_for = request.header("X-Forwarded-For")
         if forwarded_for:
             # Walk from the nearest hop outwards; the first untrusted one is the client.
             hops = [h.strip() for h in forwarded_for.split(",") if h.strip()]
@@ -178,68 +235,56 @@ class Frontend(httputil.HTTPServerConnectionDelegate):
                 if hop not in self.trusted_proxies:
                     break
         else:
-            real_ip = headers.get("X-Real-IP", "").strip()
+            real_ip = request.header("X-Real-IP").strip()
             if real_ip:
                 client = real_ip
         if client != peer and not is_ip_address(client):
             client = peer  # garbage in the header: keep the real peer
-        proto = headers.get("X-Forwarded-Proto", headers.get("X-Scheme", "")).split(",")[-1].strip().lower()
+        proto = (
+            (request.header("X-Forwarded-Proto") or request.header("X-Scheme")).split(",")[-1].strip().lower()
+        )
         return client, proto if proto in ("http", "https") else scheme
 
 
-class RequestReader(httputil.HTTPMessageDelegate):
-    """One request: buffer it, dispatch it, write its response, log it."""
+class Exchange:
+    """One request and its answer, whatever HTTP/1.1 implementation read it.
 
-    __slots__ = (
-        "chunks",
-        "client",
-        "conn",
-        "frontend",
-        "headers",
-        "rejected",
-        "scheme",
-        "start_line",
-        "started",
-    )
+    A connection fills in the request line, headers and body, then calls
+    :meth:`dispatch`: the request goes to an internal endpoint (on the loop) or
+    to the Django thread, and :meth:`respond` writes whatever comes back
+    through the connection's :meth:`send`, counts it and logs it.
+    """
 
-    def __init__(self, frontend: Frontend, conn: httputil.HTTPConnection) -> None:
+    __slots__ = ("body", "client", "frontend", "headers", "method", "scheme", "started", "target", "version")
+
+    def __init__(self, frontend: Frontend) -> None:
         self.frontend = frontend
-        self.conn = conn
-        self.start_line: httputil.RequestStartLine | None = None
-        self.headers: httputil.HTTPHeaders | None = None
-        self.chunks: list[bytes] = []
+        self.method = ""
+        self.target = ""
+        self.version = "HTTP/1.1"
+        #: Request headers in arrival order, names as sent.
+        self.headers: list[tuple[str, str]] = []
+        self.body: list[bytes] = []
         self.started = 0.0
-        self.rejected = False
         self.client = "-"
         self.scheme = "http"
 
-    # -- HTTPMessageDelegate ------------------------------------------------
+    def header(self, name: str, default: str = "") -> str:
+        """The header ``name`` (any case), repeated ones joined by commas; else ``default``."""
+        lower = name.lower()
+        values = [value for key, value in self.headers if key.lower() == lower]
+        return ",".join(values) if values else default
 
-    def headers_received(
-        self,
-        start_line: httputil.RequestStartLine | httputil.ResponseStartLine,
-        headers: httputil.HTTPHeaders,
-    ) -> None:
-        assert isinstance(start_line, httputil.RequestStartLine)
-        self.started = time.monotonic()
-        self.start_line = start_line
-        self.headers = headers
-        context = self.conn.context  # type: ignore[attr-defined]
-        self.client, self.scheme = self.frontend.client_address(context.remote_ip, headers, context.protocol)
-        length = headers.get("Content-Length")
-        if length is not None and length.isdigit() and int(length) > self.frontend.max_body_size:
-            self._refuse_body(int(length))
+    def send(self, response: Response) -> tuple[int, int]:
+        """Write ``response``; return (status, body bytes sent). Raises on an invalid response."""
+        raise NotImplementedError
 
-    def data_received(self, chunk: bytes) -> None:
-        if not self.rejected:
-            self.chunks.append(chunk)
+    # -- dispatch -------------------------------------------------------------
 
-    def finish(self) -> None:
-        if self.rejected:
-            return
+    def dispatch(self) -> None:
+        """The whole request is here: answer it on the loop or queue it for Django."""
         frontend = self.frontend
-        assert self.start_line is not None
-        path = self.start_line.path
+        path = self.target
         frontend.in_flight.add(self)
         if path.startswith(frontend.internal_prefix):
             self._internal(path)
@@ -252,34 +297,26 @@ class RequestReader(httputil.HTTPMessageDelegate):
             code, reason, headers, body = json_response(
                 503, {"error": "server busy: request queue full", "max_queue": frontend.max_queue}
             )
-            self._respond((code, reason, [*headers, ("Retry-After", "1")], body))
+            self.respond((code, reason, [*headers, ("Retry-After", "1")], body))
             return
         try:
             self._submit_to_django()
         except Exception:
             logger.exception("request failed inside the server")
-            self._respond(internal_error())
-
-    def on_connection_close(self) -> None:
-        self.chunks = []
-
-    # -- dispatch -------------------------------------------------------------
+            self.respond(internal_error())
 
     def _internal(self, path: str) -> None:
         frontend = self.frontend
         if self.client not in frontend.internal_allow:
-            self._respond(json_response(403, {"error": "server endpoints are not open to this address"}))
+            self.respond(json_response(403, {"error": "server endpoints are not open to this address"}))
             return
         name = path.partition("?")[0][len(frontend.internal_prefix) :]
         handler = frontend.worker.endpoints.get(name)
         if handler is None:
-            self._respond(json_response(404, {"error": "no such server endpoint", "path": path}))
+            self.respond(json_response(404, {"error": "no such server endpoint", "path": path}))
         else:
-            self._await(handler(self))
-
-    def _await(self, coro: Awaitable[Response]) -> None:
-        task = asyncio.ensure_future(coro)
-        task.add_done_callback(self._on_done)
+            task = asyncio.ensure_future(handler(self))
+            task.add_done_callback(self._on_done)
 
     def _on_done(self, task: asyncio.Future[Response]) -> None:
         try:
@@ -287,24 +324,23 @@ class RequestReader(httputil.HTTPMessageDelegate):
         except Exception:
             logger.exception("request failed inside the server")
             response = internal_error()
-        self._respond(response)
+        self.respond(response)
 
     def _submit_to_django(self) -> None:
         """Queue the request on the Django thread now, so the next request's queue check sees it."""
         frontend = self.frontend
         worker = frontend.worker
-        assert self.start_line is not None and self.headers is not None
         environ = build_environ(
-            self.start_line.method,
-            self.start_line.path,
-            self.start_line.version,
+            self.method,
+            self.target,
+            self.version,
             self.headers,
-            b"".join(self.chunks),
+            b"".join(self.body),
             self.client,
             self.scheme,
             worker.port,
         )
-        self.chunks = []
+        self.body = []
         app = worker.application
         assert app is not None
         frontend.django_requests += 1
@@ -317,34 +353,83 @@ class RequestReader(httputil.HTTPMessageDelegate):
         # Before responding: at --max_requests the drain starts now, and this
         # last response already tells the client to reconnect elsewhere.
         self.frontend.worker.request_done(self.frontend.django_requests)
-        self._respond(response)
+        self.respond(response)
 
     def __str__(self) -> str:
-        return f"{self.start_line.method} {self.start_line.path}" if self.start_line else "(request)"
+        return f"{self.method} {self.target}" if self.method else "(request)"
 
     # -- responses --------------------------------------------------------------
 
-    def _respond(self, response: Response) -> None:
+    def respond(self, response: Response) -> None:
+        """Send the answer (a 500 if it cannot be encoded), count it and log it."""
         frontend = self.frontend
         frontend.in_flight.discard(self)
         try:
-            code, nbytes = self._write(response)
+            code, nbytes = self.send(response)
         except Exception:
             # A response we cannot encode (e.g. a header with a newline) must
             # still answer the client: the app's error becomes a plain 500.
             logger.exception("invalid response from the application; sending 500")
             try:
-                code, nbytes = self._write(internal_error("Internal Server Error (invalid response)"))
+                code, nbytes = self.send(internal_error("Internal Server Error (invalid response)"))
             except Exception:
-                self.conn.close()  # type: ignore[attr-defined]
+                self.abort()
                 code, nbytes = 500, 0
-        assert self.start_line is not None
-        frontend.worker.metrics.observe(self.start_line.method, code, time.monotonic() - self.started)
-        frontend.access_log.log(self.client, self.start_line, self.headers, code, nbytes, self.started)
+        self.log(code, nbytes)
 
-    def _write(self, response: Response) -> tuple[int, int]:
+    def log(self, code: int, nbytes: int) -> None:
+        """Count and log this request as answered with ``code``."""
+        frontend = self.frontend
+        frontend.worker.metrics.observe(self.method, code, time.monotonic() - self.started)
+        frontend.access_log.log(self, code, nbytes)
+
+    def abort(self) -> None:
+        """Drop the client connection (nothing sensible can be sent)."""
+        raise NotImplementedError
+
+
+class RequestReader(Exchange, httputil.HTTPMessageDelegate):
+    """A request read by Tornado's own HTTP/1.1 code (``--http=tornado``)."""
+
+    __slots__ = ("conn", "rejected")
+
+    def __init__(self, frontend: Frontend, conn: httputil.HTTPConnection) -> None:
+        super().__init__(frontend)
+        self.conn = conn
+        self.rejected = False
+
+    # -- HTTPMessageDelegate ------------------------------------------------
+
+    def headers_received(
+        self,
+        start_line: httputil.RequestStartLine | httputil.ResponseStartLine,
+        headers: httputil.HTTPHeaders,
+    ) -> None:
+        assert isinstance(start_line, httputil.RequestStartLine)
+        self.started = time.monotonic()
+        self.method, self.target, self.version = start_line
+        self.headers = list(headers.get_all())
+        context = self.conn.context  # type: ignore[attr-defined]
+        self.client, self.scheme = self.frontend.client_address(context.remote_ip, self, context.protocol)
+        length = headers.get("Content-Length")
+        if length is not None and length.isdigit() and int(length) > self.frontend.max_body_size:
+            self._refuse_body(int(length))
+
+    def data_received(self, chunk: bytes) -> None:
+        if not self.rejected:
+            self.body.append(chunk)
+
+    def finish(self) -> None:
+        if not self.rejected:
+            self.dispatch()
+
+    def on_connection_close(self) -> None:
+        self.body = []
+
+    # -- responses --------------------------------------------------------------
+
+    def send(self, response: Response) -> tuple[int, int]:
         code, reason, header_list, body = response
-        assert self.start_line is not None
         headers = response_headers(header_list)
         if "Date" not in headers:
             headers["Date"] = http_date()
@@ -353,7 +438,7 @@ class RequestReader(httputil.HTTPMessageDelegate):
             headers["Content-Length"] = str(len(body))
         if self.frontend.worker.draining:
             headers["Connection"] = "close"  # clients reconnect to a worker that stays
-        send_body = bool(has_body and self.start_line.method != "HEAD" and body)
+        send_body = bool(has_body and self.method != "HEAD" and body)
         try:
             self.conn.write_headers(
                 httputil.ResponseStartLine(
@@ -367,6 +452,9 @@ class RequestReader(httputil.HTTPMessageDelegate):
             logger.info("client went away before its %d response was sent", code)
         return code, len(body) if send_body else 0
 
+    def abort(self) -> None:
+        self.conn.close()  # type: ignore[attr-defined]
+
     def _refuse_body(self, length: int) -> None:
         """413 without reading the body, then close: the only way not to read it."""
         self.rejected = True
@@ -375,16 +463,14 @@ class RequestReader(httputil.HTTPMessageDelegate):
             413, {"error": "request body too large", "content_length": length, "max_body_size": limit}
         )
         stream = self.conn.detach()  # type: ignore[attr-defined]
-        assert self.start_line is not None
-        self.frontend.worker.metrics.observe(self.start_line.method, 413, time.monotonic() - self.started)
-        self.frontend.access_log.log(self.client, self.start_line, self.headers, 413, len(body), self.started)
+        self.log(413, len(body))
         try:
             stream.write(head + body).add_done_callback(lambda _f: stream.close())
         except StreamClosedError:
             pass
 
 
-Endpoint = Callable[[RequestReader], Awaitable[Response]]
+Endpoint = Callable[[Exchange], Awaitable[Response]]
 
 
 # -- client connections: what Tornado answers (or not) before a request reaches us --------------
@@ -439,6 +525,15 @@ class HTTPFront(HTTPServer):
     def connection_count(self) -> int:
         """Client connections open now (idle keep-alive ones included)."""
         return len(self._connections)
+
+    @property
+    def no_keep_alive(self) -> bool:
+        """Whether every connection closes after its response (set when draining)."""
+        return bool(self.conn_params.no_keep_alive)
+
+    @no_keep_alive.setter
+    def no_keep_alive(self, value: bool) -> None:
+        self.conn_params.no_keep_alive = value
 
     def handle_stream(self, stream: IOStream, address: tuple[Any, ...]) -> None:
         if type(stream) is IOStream:

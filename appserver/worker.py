@@ -31,6 +31,7 @@ from tornado.options import OptionParser
 from . import systemd
 from .djangothread import DjangoThread
 from .endpoints import Health, MetricsEndpoint, check_databases
+from .h1 import H1Server
 from .http import Endpoint, Frontend, HTTPFront
 from .metrics import Metrics
 from .wsgi import WSGIApp
@@ -129,14 +130,19 @@ class Worker:
 
         frontend = Frontend(self)
         self.frontend = frontend
-        server = HTTPFront(  # answers 431 for a head over --max_header_size; Tornado closes silently
-            frontend,
-            max_header_size=self.options.max_header_size,
-            idle_connection_timeout=self.options.idle_connection_timeout,
-            body_timeout=self.options.body_timeout,
-            max_body_size=self.options.max_body_size,
-        )
-        server.add_sockets(sockets)
+        server: HTTPFront | H1Server
+        if self.options.http == "tornado":
+            server = HTTPFront(  # answers 431 for a head over --max_header_size; Tornado closes silently
+                frontend,
+                max_header_size=self.options.max_header_size,
+                idle_connection_timeout=self.options.idle_connection_timeout,
+                body_timeout=self.options.body_timeout,
+                max_body_size=self.options.max_body_size,
+            )
+            server.add_sockets(sockets)
+        else:
+            server = H1Server(frontend, self.options)
+            await server.listen(sockets)
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._on_signal, signum)
         loop.add_signal_handler(
@@ -254,9 +260,7 @@ class Worker:
             self._exit_now(f"second signal ({name})")
 
     def _exit_now(self, why: str) -> None:
-        unfinished = sorted(
-            f"{r.start_line.method} {r.start_line.path}" for r in self.frontend.in_flight if r.start_line
-        )
+        unfinished = sorted(str(r) for r in self.frontend.in_flight)
         logger.warning(
             "%s: exiting with %d unfinished request(s)%s",
             why,
@@ -266,11 +270,11 @@ class Worker:
         logging.shutdown()
         os._exit(EXIT_UNFINISHED if unfinished else 0)
 
-    async def _drain(self, server: HTTPFront, frontend: Frontend) -> int:
+    async def _drain(self, server: HTTPFront | H1Server, frontend: Frontend) -> int:
         server.stop()  # no new connections; our copy of the listening socket closes
-        # From now on Tornado closes every connection after its response, instead of only
-        # saying "Connection: close" and keeping it open for the next request.
-        server.conn_params.no_keep_alive = True
+        # From now on every connection closes after its response, instead of only
+        # saying "Connection: close" and staying open for the next request.
+        server.no_keep_alive = True
         deadline = time.monotonic() + self.options.graceful_timeout
         quiet_since: float | None = None
         while time.monotonic() < deadline:

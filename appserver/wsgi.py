@@ -19,8 +19,6 @@ from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
-from tornado.httputil import HTTPHeaders
-
 logger = logging.getLogger("appserver.wsgi")
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
@@ -28,14 +26,14 @@ WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 #: What the Django thread hands back: status code, reason, headers, body.
 Response = tuple[int, str, list[tuple[str, str]], bytes]
 
-_SPECIAL = {"Content-Type": "CONTENT_TYPE", "Content-Length": "CONTENT_LENGTH"}
+_SPECIAL = frozenset({"CONTENT_TYPE", "CONTENT_LENGTH"})
 
 
 def build_environ(
     method: str,
     target: str,
     version: str,
-    headers: HTTPHeaders,
+    headers: list[tuple[str, str]],
     body: bytes,
     remote_ip: str,
     scheme: str,
@@ -43,7 +41,7 @@ def build_environ(
 ) -> dict[str, Any]:
     """The WSGI environ for one request (PEP 3333 strings: latin-1 code points)."""
     path, _, query = target.partition("?")
-    host = headers.get("Host", "")
+    host = next((value for key, value in headers if key.lower() == "host"), "")
     if host.startswith("["):
         name, _, port = host[1:].partition("]")
         port = port.lstrip(":")
@@ -66,12 +64,20 @@ def build_environ(
         "wsgi.multiprocess": True,
         "wsgi.run_once": False,
     }
-    for key, value in headers.get_all():
-        wsgi_key = _SPECIAL.get(key) or "HTTP_" + key.upper().replace("-", "_")
-        if wsgi_key in environ and wsgi_key.startswith("HTTP_"):
+    for key, value in headers:
+        if "_" in key:
+            # Dropped, as nginx and gunicorn do: "X_Forwarded_For" would otherwise land in
+            # the same environ key as "X-Forwarded-For" and could pass for it.
+            continue
+        name = key.upper().replace("-", "_")
+        wsgi_key = name if name in _SPECIAL else "HTTP_" + name
+        if wsgi_key in environ and wsgi_key[0] == "H":
             environ[wsgi_key] += "," + value  # repeated headers are joined (RFC 9110 5.3)
         else:
             environ[wsgi_key] = value
+    if body and "CONTENT_LENGTH" not in environ:
+        # A chunked body, already joined: Django reads CONTENT_LENGTH bytes, none without it.
+        environ["CONTENT_LENGTH"] = str(len(body))
     return environ
 
 

@@ -17,5 +17,7 @@ urlpatterns = [
     path("test/session-var", views.session_var),
     path("test/form", views.form_counts),
     path("test/client", views.client_info),
+    path("test/echo", views.echo),
+    path("test/wrong-length", views.wrong_length),
     path("", include(demo_urls)),
 ]

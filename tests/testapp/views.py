@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from django.db import connection, transaction
-from django.http import HttpRequest, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from conf.notes.models import Note
@@ -85,3 +85,20 @@ def form_counts(request: HttpRequest) -> JsonResponse:
 def client_info(request: HttpRequest) -> JsonResponse:
     """The client address and scheme as Django sees them (after the server's --xheaders handling)."""
     return JsonResponse({"remote_addr": request.META["REMOTE_ADDR"], "is_secure": request.is_secure()})
+
+
+@csrf_exempt
+def echo(request: HttpRequest) -> JsonResponse:
+    """What Django received: method, body (length and text) and the request's HTTP_* headers."""
+    headers = {k: v for k, v in request.META.items() if k.startswith("HTTP_")}
+    body = request.body
+    return JsonResponse(
+        {"method": request.method, "length": len(body), "body": body.decode(), "headers": headers}
+    )
+
+
+def wrong_length(request: HttpRequest) -> HttpResponse:
+    """A response whose Content-Length does not match its body (an application bug)."""
+    response = HttpResponse(b"twelve bytes")
+    response["Content-Length"] = "100"
+    return response
