@@ -10,7 +10,8 @@ Backends, all with the same Django project and settings apart from what is named
 * B: gunicorn sync, one worker per port, Django's MySQL backend, ``CONN_MAX_AGE=None``;
 * C: this server with Django's own MySQL backend and ``CONN_MAX_AGE=0`` (Django's default).
 
-Rounds alternate the backends (A B C, A B C, ...) so drift hits all alike.
+Rounds alternate the backends, each round starting one later (A B C, B C A,
+C A B, ...), so drift hits all alike.
 Reported per backend: req/s, p50/p99 latency, backend CPU µs per request
 (utime+stime from /proc over the measured window), server-side connections
 opened during the window (the ``Connections`` status counter), errors; medians
@@ -70,6 +71,7 @@ class Backend:
     label: str
     env: dict[str, str]
     kind: str  # "server" or "gunicorn"
+    args: tuple[str, ...] = ()
 
 
 BACKENDS = (
@@ -86,7 +88,10 @@ BACKENDS = (
         {"DATABASE_POOL": "0", "DATABASE_CONN_MAX_AGE": "0"},
         "server",
     ),
+    # Optional (--backends A,B,C,T): the product on Tornado's own HTTP/1.1 layer.
+    Backend("T", "this server + djpool, --http=tornado", {}, "server", ("--http=tornado",)),
 )
+DEFAULT_BACKENDS = "A,B,C"
 
 
 @dataclass
@@ -168,7 +173,7 @@ class Running:
         for port in ports:
             if backend.kind == "server":
                 # The deploy file's [server] table, as supervisor/systemd would run it.
-                args = [PYTHON, "server.py", f"--config={config_file}", f"--port={port}"]
+                args = [PYTHON, "server.py", f"--config={config_file}", f"--port={port}", *backend.args]
             else:
                 args = [
                     PYTHON,
@@ -323,7 +328,12 @@ def measure(
 # -- report -----------------------------------------------------------------------------
 
 
-def report(results: dict[tuple[str, str], Result], args: argparse.Namespace, elapsed: float) -> str:
+def report(
+    results: dict[tuple[str, str], Result],
+    args: argparse.Namespace,
+    elapsed: float,
+    backends: tuple[Backend, ...] = BACKENDS[:3],
+) -> str:
     lines = [
         f"# Benchmark ({'quick' if args.quick else 'full'}), "
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
@@ -342,7 +352,7 @@ def report(results: dict[tuple[str, str], Result], args: argparse.Namespace, ela
             "| backend | req/s | × B | p50 ms | p99 ms | CPU µs/req | × B | new DB connections | errors |",
             "|---|---|---|---|---|---|---|---|---|",
         ]
-        for b in BACKENDS:
+        for b in backends:
             r = results[(b.key, endpoint)]
             lines.append(
                 f"| {b.key}: {b.label} | {r.median('rps'):.0f} | {r.median('rps') / b_rps:.2f} | "
@@ -355,7 +365,9 @@ def report(results: dict[tuple[str, str], Result], args: argparse.Namespace, ela
     return "\n".join(lines) + "\n"
 
 
-def chart(results: dict[tuple[str, str], Result], path: Path) -> None:
+def chart(
+    results: dict[tuple[str, str], Result], path: Path, backends: tuple[Backend, ...] = BACKENDS[:3]
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -363,16 +375,16 @@ def chart(results: dict[tuple[str, str], Result], path: Path) -> None:
 
     endpoints = ("GET /api/notes/<id>", "POST /api/notes")
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    colors = {"A": "#2a7ab0", "B": "#999999", "C": "#d08030"}
+    colors = {"A": "#2a7ab0", "B": "#999999", "C": "#d08030", "T": "#8fbfe0"}
     for ax, metric, title in (
         (axes[0], "rps", "throughput (req/s, higher is better)"),
         (axes[1], "cpu_us", "backend CPU per request (µs, lower is better)"),
     ):
-        width = 0.25
-        for i, b in enumerate(BACKENDS):
+        width = 0.75 / len(backends)
+        for i, b in enumerate(backends):
             values = [results[(b.key, e)].median(metric) for e in endpoints]
             bars = ax.bar(
-                [x + (i - 1) * width for x in range(len(endpoints))],
+                [x + (i - (len(backends) - 1) / 2) * width for x in range(len(endpoints))],
                 values,
                 width,
                 label=f"{b.key}: {b.label}",
@@ -382,7 +394,7 @@ def chart(results: dict[tuple[str, str], Result], path: Path) -> None:
         ax.set_xticks(range(len(endpoints)), endpoints)
         ax.set_title(title, fontsize=10)
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, frameon=False)
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(backends), 3), fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.07, 1, 1))
     fig.savefig(path, dpi=110)
 
@@ -398,6 +410,12 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument(
+        "--backends",
+        default=DEFAULT_BACKENDS,
+        help="comma-separated backends to run; A, B and C are always included "
+        "(T = this server on --http=tornado)",
+    )
+    parser.add_argument(
         "--database-url",
         help="use this MySQL server (a database is created and dropped there) instead of a "
         "throwaway MariaDB; its global Connections counter must not be shared with other clients",
@@ -405,6 +423,11 @@ def main() -> int:
     args = parser.parse_args()
     if args.quick:
         args.rounds, args.seconds = 1, 3.0
+    wanted = {k.strip().upper() for k in args.backends.split(",") if k.strip()} | {"A", "B", "C"}
+    unknown = wanted - {b.key for b in BACKENDS}
+    if unknown:
+        parser.error(f"--backends: unknown backend(s) {', '.join(sorted(unknown))} (known: A, B, C, T)")
+    backends = tuple(b for b in BACKENDS if b.key in wanted)
     started = time.monotonic()
     args.out.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="bench-"))
@@ -433,7 +456,10 @@ def main() -> int:
         results: dict[tuple[str, str], Result] = {}
         try:
             for round_no in range(1, args.rounds + 1):
-                for backend in BACKENDS:
+                # Each round starts one backend later (A B C, B C A, C A B): a machine
+                # that drifts within a round then favours none of them.
+                shift = (round_no - 1) % len(backends)
+                for backend in backends[shift:] + backends[:shift]:
                     running = Running(
                         backend, database_url, ports, workdir / f"{backend.key}.log", nginx.deploy_file
                     )
@@ -461,14 +487,14 @@ def main() -> int:
                         running.stop()
         finally:
             nginx.stop()
-        text = report(results, args, time.monotonic() - started)
+        text = report(results, args, time.monotonic() - started, backends)
         (args.out / "latest.md").write_text(text)
         (args.out / "latest.json").write_text(
             json.dumps(
                 {f"{k[0]} {k[1]}": [s.__dict__ for s in v.samples] for k, v in results.items()}, indent=1
             )
         )
-        chart(results, args.out / "latest.png")
+        chart(results, args.out / "latest.png", backends)
         print(text)
     finally:
         mysql.drop_database(db)
