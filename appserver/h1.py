@@ -66,12 +66,15 @@ class H1Exchange(Exchange):
         super().__init__(frontend)
         self.conn = conn
         self.keep_alive = True
+        self.index = {}  # filled as the headers arrive
 
     def send(self, response: Response) -> tuple[int, int]:
         conn = self.conn
         close = not self.keep_alive or conn.server.no_keep_alive or self.frontend.worker.draining
         data, code, nbytes, close = encode_response(response, self.method == "HEAD", self.version, close)
-        if conn.transport is None or conn.transport.is_closing():
+        if conn.refused:
+            pass  # the connection was refused while this request ran (see _refuse)
+        elif conn.transport is None or conn.transport.is_closing():
             logger.info("client went away before its %d response was sent", code)
         else:
             conn.transport.write(data)
@@ -94,7 +97,10 @@ class H1Connection(asyncio.Protocol):
         #: The request being parsed, from its first byte to its last.
         self.reading: H1Exchange | None = None
         self.url: list[bytes] = []
+        #: Bytes of the current head: exact for the headers parsed so far, and counted
+        #: from raw reads while llhttp still holds an unfinished header line.
         self.head_bytes = 0
+        self.unfinished_head = 0
         self.body_bytes = 0
         self.content_length = -1
         self.expect_continue = False
@@ -160,12 +166,10 @@ class H1Connection(asyncio.Protocol):
         if reading is not None and not reading.method:
             # The head is still incomplete, and llhttp has no size limit of its own.
             if continuing_head:
-                self.head_bytes += len(data)
+                self.unfinished_head += len(data)
             else:  # begun in this read: what the parser has handed over so far
-                self.head_bytes = sum(map(len, self.url)) + sum(
-                    len(k) + len(v) + 4 for k, v in reading.headers
-                )
-            if self.head_bytes > self.server.max_header_size:
+                self.unfinished_head = sum(map(len, self.url)) + self.head_bytes
+            if self.unfinished_head > self.server.max_header_size:
                 self._refuse_head()
 
     def eof_received(self) -> bool | None:
@@ -196,11 +200,17 @@ class H1Connection(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         exchange = self.reading
-        assert exchange is not None
+        assert exchange is not None and exchange.index is not None
         key = name.decode("latin-1")
         text = value.decode("latin-1")
         exchange.headers.append((key, text))
+        self.head_bytes += len(name) + len(value) + 4
         lower = key.lower()
+        index = exchange.index
+        if lower in index:
+            index[lower] += "," + text
+        else:
+            index[lower] = text
         if lower == "content-length":
             self.content_length = int(text) if text.isdigit() else -1
         elif lower == "expect" and text.lower() == "100-continue":
@@ -215,15 +225,15 @@ class H1Connection(asyncio.Protocol):
         exchange.version = "HTTP/" + parser.get_http_version()
         exchange.target = b"".join(self.url).decode("latin-1")
         exchange.keep_alive = parser.should_keep_alive() and not self.closing
-        size = len(exchange.target) + sum(len(k) + len(v) + 4 for k, v in exchange.headers) + 16
-        if size > self.server.max_header_size:
+        if len(exchange.target) + self.head_bytes + 16 > self.server.max_header_size:
             self._refuse_head()
             raise _Refused
         exchange.client, exchange.scheme = self.frontend.client_address(self.peer, exchange, "http")
         if self.content_length > self.frontend.max_body_size:
             self._refuse_body(exchange, self.content_length)
             raise _Refused
-        if self.content_length > 0 or (self.content_length == -1 and exchange.header("Transfer-Encoding")):
+        chunked = self.content_length == -1 and "transfer-encoding" in (exchange.index or ())
+        if self.content_length > 0 or chunked:
             self._wait("body", self.server.body_timeout)
             if self.expect_continue and exchange.version == "HTTP/1.1" and self.transport is not None:
                 self.transport.write(_CONTINUE)
@@ -262,7 +272,9 @@ class H1Connection(asyncio.Protocol):
             return
         self._resume("pipelined")
         if self.queue:
-            self.queue[0].dispatch()
+            # On the next loop turn, not from here: answers given at once (a 404, a 503)
+            # would otherwise recurse once per pipelined request.
+            self.server.loop.call_soon(self.queue[0].dispatch)
         elif self.reading is None or not self.reading.method:
             self._wait("idle", self.server.idle_timeout)
         else:
@@ -273,10 +285,6 @@ class H1Connection(asyncio.Protocol):
         self.closing = True
         if self.transport is not None:
             self.transport.close()
-
-    def idle(self) -> bool:
-        """No request is being read or answered."""
-        return not self.queue and (self.reading is None or not self.reading.method)
 
     def check(self, now: float) -> None:
         """Called by the sweep: end a wait that went on too long."""

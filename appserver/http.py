@@ -43,31 +43,60 @@ _date_cache: list[Any] = [0, ""]
 #: ``HTTPHeaders.add`` checks the same with slower regexes on every call.
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _FORBIDDEN_IN_VALUE = re.compile(r"[\x00-\x08\x0A-\x1F\x7F]")
-#: Header names already found valid (applications send the same few again and again).
-_valid_names: set[str] = set()
+#: What encode_response does with a response header, by its name (cached per name:
+#: applications send the same few again and again). Only valid names are cached.
+_PLAIN, _DATE, _LENGTH, _CONNECTION, _DROP = range(5)
+_SPECIAL_NAMES = {
+    "date": _DATE,
+    "content-length": _LENGTH,
+    "connection": _CONNECTION,
+    "transfer-encoding": _DROP,
+}
+_name_kinds: dict[str, int] = {}
 
 
-def checked_headers(header_list: list[tuple[str, str]]) -> Iterator[tuple[str, str]]:
-    """The application's headers, each checked; ValueError for an invalid name or value."""
-    search_forbidden = _FORBIDDEN_IN_VALUE.search
+def _name_kind(name: str) -> int:
+    """The kind of a response header name; ValueError for a name that is not a token."""
+    if not isinstance(name, str) or not _TOKEN.fullmatch(name):
+        raise ValueError(f"invalid response header name {name!r}")
+    kind = _SPECIAL_NAMES.get(name.lower(), _PLAIN)
+    if len(_name_kinds) < 256:
+        _name_kinds[name] = kind
+    return kind
+
+
+#: Response header values already found clean (most repeat: content types, policies).
+_clean_values: set[str] = set()
+
+
+def _checked_value(name: str, value: str | bytes) -> str:
+    if value in _clean_values:
+        return value  # type: ignore[return-value]
+    if isinstance(value, bytes):  # not WSGI, but Tornado's own check let it through
+        value = value.decode("utf-8")
+    stripped = value.strip()
+    if _FORBIDDEN_IN_VALUE.search(stripped):
+        raise ValueError(f"invalid value for response header {name!r}: {stripped!r}")
+    if stripped is value and len(_clean_values) < 1024 and len(value) <= 256:
+        _clean_values.add(value)
+    return stripped
+
+
+def checked_headers(header_list: list[tuple[str, str]]) -> Iterator[tuple[str, int, str]]:
+    """The application's headers as (name, kind, value), each checked; ValueError for an
+    invalid name or value (one that could split the response)."""
+    kinds = _name_kinds
     for name, value in header_list:
-        if name not in _valid_names:
-            if not isinstance(name, str) or not _TOKEN.fullmatch(name):
-                raise ValueError(f"invalid response header name {name!r}")
-            if len(_valid_names) < 256:
-                _valid_names.add(name)
-        if isinstance(value, bytes):  # not WSGI, but Tornado's own check let it through
-            value = value.decode("utf-8")
-        value = value.strip()
-        if search_forbidden(value):
-            raise ValueError(f"invalid value for response header {name!r}: {value!r}")
-        yield name, value
+        kind = kinds.get(name)
+        if kind is None:
+            kind = _name_kind(name)
+        yield name, kind, _checked_value(name, value)
 
 
 def response_headers(header_list: list[tuple[str, str]]) -> httputil.HTTPHeaders:
     """The application's headers as ``HTTPHeaders`` (for ``--http=tornado``)."""
     headers = httputil.HTTPHeaders()
-    for name, value in checked_headers(header_list):
+    for name, _, value in checked_headers(header_list):
         if name in headers:
             headers.add(name, value)  # a repeated header (Set-Cookie): kept as a list
         else:
@@ -92,18 +121,18 @@ def encode_response(
     lines = [f"HTTP/1.1 {code} {reason or httputil.responses.get(code, 'Unknown')}\r\n"]
     has_date = False
     length: str | None = None
-    for name, value in checked_headers(header_list):
-        lower = name.lower()
-        if lower == "date":
-            has_date = True
-        elif lower == "content-length":
-            length = value
-            continue  # written below, once, after it is checked
-        elif lower == "connection":
-            close = close or "close" in value.lower()
-            continue  # ours below says what this connection does
-        elif lower == "transfer-encoding":
-            continue  # the body is whole: Content-Length describes it
+    for name, kind, value in checked_headers(header_list):
+        if kind:
+            if kind == _DATE:
+                has_date = True
+            elif kind == _LENGTH:
+                length = value
+                continue  # written below, once, after it is checked
+            elif kind == _CONNECTION:
+                close = close or "close" in value.lower()
+                continue  # ours below says what this connection does
+            else:
+                continue  # Transfer-Encoding: the body is whole, Content-Length describes it
         lines.append(f"{name}: {value}\r\n")
     if not has_date:
         lines.append(f"Date: {http_date()}\r\n")
@@ -226,7 +255,7 @@ class Frontend(httputil.HTTPServerConnectionDelegate):
         if not self.xheaders or peer not in self.trusted_proxies:
             return peer, scheme
         client = peer
-        forwarded_for = request.header("X-Forwarded-For")
+        forwarded_for = request.header("x-forwarded-for")
         if forwarded_for:
             # Walk from the nearest hop outwards; the first untrusted one is the client.
             hops = [h.strip() for h in forwarded_for.split(",") if h.strip()]
@@ -235,13 +264,13 @@ class Frontend(httputil.HTTPServerConnectionDelegate):
                 if hop not in self.trusted_proxies:
                     break
         else:
-            real_ip = request.header("X-Real-IP").strip()
+            real_ip = request.header("x-real-ip").strip()
             if real_ip:
                 client = real_ip
         if client != peer and not is_ip_address(client):
             client = peer  # garbage in the header: keep the real peer
         proto = (
-            (request.header("X-Forwarded-Proto") or request.header("X-Scheme")).split(",")[-1].strip().lower()
+            (request.header("x-forwarded-proto") or request.header("x-scheme")).split(",")[-1].strip().lower()
         )
         return client, proto if proto in ("http", "https") else scheme
 
@@ -255,7 +284,18 @@ class Exchange:
     through the connection's :meth:`send`, counts it and logs it.
     """
 
-    __slots__ = ("body", "client", "frontend", "headers", "method", "scheme", "started", "target", "version")
+    __slots__ = (
+        "body",
+        "client",
+        "frontend",
+        "headers",
+        "index",
+        "method",
+        "scheme",
+        "started",
+        "target",
+        "version",
+    )
 
     def __init__(self, frontend: Frontend) -> None:
         self.frontend = frontend
@@ -264,16 +304,22 @@ class Exchange:
         self.version = "HTTP/1.1"
         #: Request headers in arrival order, names as sent.
         self.headers: list[tuple[str, str]] = []
+        #: The same by lower-case name, repeated ones joined by commas (built when first needed).
+        self.index: dict[str, str] | None = None
         self.body: list[bytes] = []
         self.started = 0.0
         self.client = "-"
         self.scheme = "http"
 
     def header(self, name: str, default: str = "") -> str:
-        """The header ``name`` (any case), repeated ones joined by commas; else ``default``."""
-        lower = name.lower()
-        values = [value for key, value in self.headers if key.lower() == lower]
-        return ",".join(values) if values else default
+        """The header ``name`` (lower case), repeated ones joined by commas; else ``default``."""
+        index = self.index
+        if index is None:
+            index = self.index = {}
+            for key, value in self.headers:
+                lower = key.lower()
+                index[lower] = index[lower] + "," + value if lower in index else value
+        return index.get(name, default)
 
     def send(self, response: Response) -> tuple[int, int]:
         """Write ``response``; return (status, body bytes sent). Raises on an invalid response."""

@@ -303,7 +303,7 @@ def configure_logging(options: OptionParser, port: int | str) -> None:
     """Put the port in every log line; with --log_format=json, make every line JSON."""
     from tornado.log import LogFormatter
 
-    from .accesslog import JSONFormatter
+    from .accesslog import JSONFormatter, PortFormatter
 
     for handler in logging.getLogger().handlers:
         if options.log_format == "json":
@@ -311,7 +311,7 @@ def configure_logging(options: OptionParser, port: int | str) -> None:
         elif isinstance(handler.formatter, LogFormatter):
             fmt = f"%(color)s[%(levelname)1.1s %(asctime)s :{port} %(name)s]%(end_color)s %(message)s"
             color = bool(getattr(handler.formatter, "_colors", None))
-            handler.setFormatter(LogFormatter(fmt=fmt, color=color))
+            handler.setFormatter(PortFormatter(fmt=fmt, color=color))
 
 
 def run_worker(options: OptionParser) -> int:

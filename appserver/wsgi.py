@@ -27,6 +27,21 @@ WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 Response = tuple[int, str, list[tuple[str, str]], bytes]
 
 _SPECIAL = frozenset({"CONTENT_TYPE", "CONTENT_LENGTH"})
+#: Request header name (as sent) → environ key; None for a name that is dropped.
+_environ_keys: dict[str, str | None] = {}
+
+
+def _environ_key(name: str) -> str | None:
+    if "_" in name:
+        # Dropped, as nginx and gunicorn do: "X_Forwarded_For" would otherwise land in
+        # the same environ key as "X-Forwarded-For" and could pass for it.
+        key = None
+    else:
+        upper = name.upper().replace("-", "_")
+        key = upper if upper in _SPECIAL else "HTTP_" + upper
+    if len(_environ_keys) < 1024:
+        _environ_keys[name] = key
+    return key
 
 
 def build_environ(
@@ -41,20 +56,12 @@ def build_environ(
 ) -> dict[str, Any]:
     """The WSGI environ for one request (PEP 3333 strings: latin-1 code points)."""
     path, _, query = target.partition("?")
-    host = next((value for key, value in headers if key.lower() == "host"), "")
-    if host.startswith("["):
-        name, _, port = host[1:].partition("]")
-        port = port.lstrip(":")
-    else:
-        name, _, port = host.partition(":")
     environ: dict[str, Any] = {
         "REQUEST_METHOD": method,
         "SCRIPT_NAME": "",
-        "PATH_INFO": unquote_to_bytes(path).decode("latin-1"),
+        "PATH_INFO": unquote_to_bytes(path).decode("latin-1") if "%" in path else path,
         "QUERY_STRING": query,
         "REMOTE_ADDR": remote_ip,
-        "SERVER_NAME": name or "localhost",
-        "SERVER_PORT": port or str(server_port),
         "SERVER_PROTOCOL": version,
         "wsgi.version": (1, 0),
         "wsgi.url_scheme": scheme,
@@ -64,17 +71,25 @@ def build_environ(
         "wsgi.multiprocess": True,
         "wsgi.run_once": False,
     }
-    for key, value in headers:
-        if "_" in key:
-            # Dropped, as nginx and gunicorn do: "X_Forwarded_For" would otherwise land in
-            # the same environ key as "X-Forwarded-For" and could pass for it.
+    keys = _environ_keys
+    for name, value in headers:
+        key = keys.get(name, "")
+        if key == "":
+            key = _environ_key(name)
+        if key is None:
             continue
-        name = key.upper().replace("-", "_")
-        wsgi_key = name if name in _SPECIAL else "HTTP_" + name
-        if wsgi_key in environ and wsgi_key[0] == "H":
-            environ[wsgi_key] += "," + value  # repeated headers are joined (RFC 9110 5.3)
+        if key in environ:
+            environ[key] += "," + value  # repeated headers are joined (RFC 9110 5.3)
         else:
-            environ[wsgi_key] = value
+            environ[key] = value
+    host = environ.get("HTTP_HOST", "")
+    if host.startswith("["):
+        server_name, _, port = host[1:].partition("]")
+        port = port.lstrip(":")
+    else:
+        server_name, _, port = host.partition(":")
+    environ["SERVER_NAME"] = server_name or "localhost"
+    environ["SERVER_PORT"] = port or str(server_port)
     if body and "CONTENT_LENGTH" not in environ:
         # A chunked body, already joined: Django reads CONTENT_LENGTH bytes, none without it.
         environ["CONTENT_LENGTH"] = str(len(body))

@@ -126,6 +126,16 @@ def test_fifty_pipelined_requests_in_one_write_all_get_answers(server: ServerPro
     assert bodies == [f"request {i}" for i in range(50)]
 
 
+def test_two_thousand_pipelined_requests_answered_on_the_loop_all_get_answers(server: ServerProcess) -> None:
+    # Answered without Django (an unknown server endpoint: 404), so each answer is given
+    # while the previous one is still being handled: no recursion, no lost answer.
+    count = 2000
+    with Wire(server) as wire:
+        wire.send(get("/-/nothing") * count)
+        statuses = [wire.response()[0] for _ in range(count)]
+    assert statuses == ["HTTP/1.1 404 Not Found"] * count
+
+
 def test_chunked_request_body_reaches_django_whole(server: ServerProcess) -> None:
     with Wire(server) as wire:
         wire.send(

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from appserver.djangothread import DjangoThread
-from appserver.http import is_ip_address, response_headers
+from appserver.http import encode_response, is_ip_address, response_headers
 
 
 def test_response_headers_keep_order_and_repeated_headers() -> None:
@@ -29,21 +29,27 @@ def test_response_headers_take_a_bytes_value_as_before() -> None:
     assert response_headers([("X-Bytes", b"caf\xc3\xa9")])["X-Bytes"] == "caf\u00e9"  # type: ignore[list-item]
 
 
-@pytest.mark.parametrize(
-    "header",
-    [
-        ("X-Bad", "one\r\nInjected: yes"),
-        ("X-Bad", "one\nInjected: yes"),
-        ("X-Bad", "nul\x00"),
-        ("Bad Name", "value"),
-        ("Bad:Name", "value"),
-        ("", "value"),
-        ("X-Bad\r\nInjected", "value"),
-    ],
-)
+BAD_HEADERS = [
+    ("X-Bad", "one\r\nInjected: yes"),
+    ("X-Bad", "one\nInjected: yes"),
+    ("X-Bad", "nul\x00"),
+    ("Bad Name", "value"),
+    ("Bad:Name", "value"),
+    ("", "value"),
+    ("X-Bad\r\nInjected", "value"),
+]
+
+
+@pytest.mark.parametrize("header", BAD_HEADERS)
 def test_response_headers_refuse_what_could_split_the_response(header: tuple[str, str]) -> None:
     with pytest.raises(ValueError):
         response_headers([("Content-Type", "text/plain"), header])
+
+
+@pytest.mark.parametrize("header", BAD_HEADERS)
+def test_encode_response_refuses_what_could_split_the_response_too(header: tuple[str, str]) -> None:
+    with pytest.raises(ValueError):
+        encode_response((200, "OK", [("Content-Type", "text/plain"), header], b""), False, "HTTP/1.1", False)
 
 
 def test_results_finished_together_are_delivered_in_order() -> None:
@@ -111,3 +117,49 @@ def test_a_failing_callback_does_not_hold_back_the_other_results() -> None:
 def test_is_ip_address_answers_the_same_when_asked_again(text: str, valid: bool) -> None:
     assert is_ip_address(text) is valid
     assert is_ip_address(text) is valid
+
+
+def split(data: bytes) -> tuple[list[str], bytes]:
+    head, _, body = data.partition(b"\r\n\r\n")
+    return head.decode("latin-1").split("\r\n"), body
+
+
+def test_encode_response_adds_date_and_length_and_keeps_repeated_headers() -> None:
+    data, code, sent, close = encode_response(
+        (201, "Created", [("Set-Cookie", "a=1"), ("Set-Cookie", "b=2")], b"hello"), False, "HTTP/1.1", False
+    )
+    lines, body = split(data)
+    assert lines[0] == "HTTP/1.1 201 Created"
+    assert lines[1:3] == ["Set-Cookie: a=1", "Set-Cookie: b=2"]
+    assert lines[3].startswith("Date: ") and lines[3].endswith(" GMT")
+    assert lines[4] == "Content-Length: 5"
+    assert (body, code, sent, close) == (b"hello", 201, 5, False)
+
+
+def test_encode_response_head_keeps_the_length_and_sends_no_body() -> None:
+    data, _, sent, _ = encode_response((200, "OK", [("Content-Length", "5")], b""), True, "HTTP/1.1", False)
+    lines, body = split(data)
+    assert "Content-Length: 5" in lines
+    assert (body, sent) == (b"", 0)
+
+
+def test_encode_response_sends_no_length_or_body_for_204_and_304() -> None:
+    for code in (204, 304):
+        data, _, sent, _ = encode_response((code, "", [], b"ignored"), False, "HTTP/1.1", False)
+        lines, body = split(data)
+        assert not any(line.startswith("Content-Length") for line in lines)
+        assert (body, sent) == (b"", 0)
+
+
+def test_encode_response_connection_header_decides_with_the_server() -> None:
+    # The application asks to close: honoured, and said once.
+    data, _, _, close = encode_response((200, "OK", [("Connection", "close")], b""), False, "HTTP/1.1", False)
+    assert close and split(data)[0].count("Connection: close") == 1
+    # An HTTP/1.0 client kept alive is told so.
+    data, _, _, close = encode_response((200, "OK", [], b""), False, "HTTP/1.0", False)
+    assert not close and "Connection: keep-alive" in split(data)[0]
+
+
+def test_encode_response_refuses_a_length_that_does_not_match_the_body() -> None:
+    with pytest.raises(ValueError, match="does not match the body"):
+        encode_response((200, "OK", [("Content-Length", "100")], b"short"), False, "HTTP/1.1", False)
