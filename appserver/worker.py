@@ -58,6 +58,14 @@ def load_application(settings_module: str) -> WSGIApp:
     from django.core.servers.basehttp import get_internal_wsgi_application
 
     django.setup(set_prefix=False)
+    try:
+        from djpool.pool import hold_on_this_thread
+    except ImportError:
+        pass
+    else:
+        # This thread runs every request of the worker: pooled connections stay
+        # with it between requests, cleaned and liveness-checked as ever (docs/djpool.md).
+        hold_on_this_thread()
     return get_internal_wsgi_application()  # type: ignore[no-any-return]
 
 

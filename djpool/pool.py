@@ -93,6 +93,8 @@ class Record:
     #: so idleness is measured from here when the engine reports it.
     last_statement: float | None = None
     uses: int = 0
+    #: Handed back in place (see :meth:`Pool.hold`): idle, but still with its caller.
+    held: bool = False
 
 
 @dataclass(frozen=True)
@@ -197,6 +199,60 @@ class Pool(Generic[C]):
         if reason is not None:
             self._discard(record, reason)
 
+    def hold(self, conn: C) -> bool:
+        """Hand ``conn`` back *in place*: cleaned as by :meth:`checkin`, but left with
+        its caller for its next use (:meth:`take_held`), skipping a checkout.
+
+        Only for a caller that is the one thread using this pool's connections
+        (see :func:`hold_on_this_thread`): a held connection is not available to
+        other threads. False (nothing done) when ``conn`` cannot be reused: then
+        the caller hands it back with :meth:`checkin`, which discards it.
+        """
+        if os.getpid() != self.pid or self.closed:
+            return False
+        record = self._in_use.get(id(conn))
+        if record is None or record.broken is not None:
+            return False
+        if record.held:
+            return True
+        try:
+            reason = self.driver.reset(conn, record)
+        except Exception:
+            return False
+        now = time.monotonic()
+        if reason is not None or self._too_old(record, now):
+            return False
+        record.flags.clear()
+        last = record.last_statement
+        record.last_used = now if last is None else min(last, now)
+        record.last_statement = None
+        record.held = True
+        return True
+
+    def take_held(self, conn: C) -> C:
+        """Use a held ``conn`` again: the liveness rules of :meth:`checkout` apply.
+
+        Returns ``conn``, or the connection that replaced it (after a failed
+        ping, or when it idled too long or grew too old).
+        """
+        self._check_pid()
+        record = self._in_use.get(id(conn))
+        with self._cond:
+            self.counters["checkouts"] += 1
+        if record is None:  # the pool was closed and cleared meanwhile
+            with self._cond:
+                self._opening += 1
+            return self._open_new(replacing=None)
+        record.held = False
+        return self._revive(record)
+
+    def release_held(self, conn: C) -> None:
+        """A held ``conn`` goes back to the idle list (its caller closes)."""
+        record = self._in_use.get(id(conn))
+        if record is not None:
+            record.held = False
+        self.checkin(conn)
+
     def mark_broken(self, conn: C, reason: str) -> None:
         """Note that ``conn`` failed with a disconnect: it will be discarded on checkin."""
         with self._cond:
@@ -226,8 +282,9 @@ class Pool(Generic[C]):
     def stats(self) -> dict[str, Any]:
         """Counters and gauges, safe to read from any thread."""
         with self._cond:
-            idle = list(self._idle)
-            busy = list(self._in_use.values())
+            held = [r for r in self._in_use.values() if r.held]
+            idle = list(self._idle) + held
+            busy = [r for r in self._in_use.values() if not r.held]
             counters = dict(self.counters)
             discards = dict(self.discards)
         now = time.monotonic()
@@ -378,6 +435,30 @@ COUNTERS = (
 
 #: Discard reasons that are routine, logged at DEBUG instead of INFO.
 QUIET_DISCARDS = frozenset({"overflow", "pool closed"})
+
+
+# -- holding connections between requests ---------------------------------------
+
+_holder: list[tuple[int, int]] = []  # [(pid, thread ident)] of the thread that may hold
+
+
+def hold_on_this_thread() -> None:
+    """Declare the calling thread the only one of this process that uses the pools.
+
+    For a server that runs all of Django on one thread (this project's
+    server.py does). Connections that thread hands back at the end of a request
+    are then held in place (:meth:`Pool.hold`) instead of going through a full
+    checkin and checkout: the same cleaning at the end of the request and the
+    same idle-aware liveness check before the next use, without the cost of
+    Django's connect and close. Other threads, if any, keep the ordinary
+    behaviour, but the held connection is not available to them.
+    """
+    _holder[:] = [(os.getpid(), threading.get_ident())]
+
+
+def may_hold() -> bool:
+    """Whether the calling thread was declared with :func:`hold_on_this_thread`."""
+    return bool(_holder) and _holder[0] == (os.getpid(), threading.get_ident())
 
 
 # -- the process-wide registry --------------------------------------------------

@@ -81,6 +81,10 @@ import django
 from django.conf import settings
 settings.configure(DATABASES={"default": json.loads(os.environ["DJPOOL_TEST_DB"])}, USE_TZ=True)
 django.setup()
+if os.environ.get("DJPOOL_HOLD") == "1":
+    # As server.py's Django thread does: connections stay with this thread between requests.
+    from djpool.pool import hold_on_this_thread
+    hold_on_this_thread()
 import MySQLdb
 from django.core.signals import request_finished, request_started
 from django.db import connection, transaction
@@ -114,6 +118,15 @@ def kill(cid):
 def emit(value):
     print("RESULT " + json.dumps(value), flush=True)
 '''
+
+
+@pytest.fixture(params=[False, True], ids=["checkin", "hold"])
+def hold(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+    """Engine tests run twice: connections handed back to the pool after every request,
+    and held by the one thread between requests (djpool.pool.hold_on_this_thread, which
+    server.py uses). What a request sees must not differ."""
+    monkeypatch.setenv("DJPOOL_HOLD", "1" if request.param else "0")
+    return bool(request.param)
 
 
 def database(server: MySQLServer, name: str = "", pool: Any = True, **extra: Any) -> dict[str, Any]:
@@ -430,6 +443,7 @@ def test_djpool_stats_reports_each_alias_of_this_process(mysql: MySQLServer) -> 
 
 def test_with_conn_health_checks_a_killed_connection_is_found_by_the_checkout_ping(
     mysql: MySQLServer,
+    hold: bool,
 ) -> None:
     result, _ = run_django(
         """
@@ -448,6 +462,7 @@ def test_with_conn_health_checks_a_killed_connection_is_found_by_the_checkout_pi
 
 def test_a_killed_connection_is_replaced_when_the_next_request_starts_with_a_transaction(
     mysql: MySQLServer,
+    hold: bool,
 ) -> None:
     result, log = run_django(
         """
@@ -468,7 +483,9 @@ def test_a_killed_connection_is_replaced_when_the_next_request_starts_with_a_tra
     assert re.search(r"reconnected \(connection id \d+\) after: disconnect (2006|2013)", log), log
 
 
-def test_idle_time_is_counted_from_the_last_statement_not_from_the_hand_back(mysql: MySQLServer) -> None:
+def test_idle_time_is_counted_from_the_last_statement_not_from_the_hand_back(
+    mysql: MySQLServer, hold: bool
+) -> None:
     # The server's idle clock starts at the last statement. A request that holds the
     # connection for 1.5 s after it and then hands it back leaves a session that the
     # server (wait_timeout=2) closes 0.5 s later; 0.8 s after the hand-back the pool
@@ -503,7 +520,7 @@ def test_idle_time_is_counted_from_the_last_statement_not_from_the_hand_back(mys
     ],
 )
 def test_session_state_changed_without_set_is_not_handed_to_the_next_request(
-    mysql: MySQLServer, statement: str, what: str
+    mysql: MySQLServer, hold: bool, statement: str, what: str
 ) -> None:
     result, _ = run_django(
         f"""
@@ -520,7 +537,9 @@ def test_session_state_changed_without_set_is_not_handed_to_the_next_request(
     assert result["stats"]["discards"] == {"unknown session state": 1}
 
 
-def test_a_set_run_by_a_connection_created_receiver_keeps_the_connection_reused(mysql: MySQLServer) -> None:
+def test_a_set_run_by_a_connection_created_receiver_keeps_the_connection_reused(
+    mysql: MySQLServer, hold: bool
+) -> None:
     # Django sends connection_created at every checkout; a receiver that sets up the
     # session is the application's baseline, not a change to throw the connection away for.
     result, _ = run_django(
@@ -542,10 +561,51 @@ def test_a_set_run_by_a_connection_created_receiver_keeps_the_connection_reused(
     assert result["stats"]["discards"] == {}
 
 
+def test_a_held_connection_is_cleaned_and_checked_like_a_checked_in_one(mysql: MySQLServer) -> None:
+    # hold_on_this_thread(): the connection stays with the thread between requests, but
+    # each request still starts clean (an open transaction is rolled back), the counters
+    # still count a checkout per request, and health reports it idle between requests.
+    table = f"held_{os.getpid()}"
+    mysql.query(f"CREATE TABLE IF NOT EXISTS test.{table} (id INT PRIMARY KEY)")
+    try:
+        result, _ = run_django(
+            f"""
+            from djpool.pool import hold_on_this_thread
+            hold_on_this_thread()
+            from django.db.backends.signals import connection_created
+            created = []
+            connection_created.connect(lambda sender, connection, **kw: created.append(1), weak=False)
+
+            def leave_open():
+                query("BEGIN")
+                query("INSERT INTO test.{table} VALUES (1)")
+                return conn_id()
+
+            first = request(leave_open)
+            between = djpool.stats()["default"]
+            rows = request(lambda: query("SELECT COUNT(*) FROM test.{table}")[0][0])
+            ids = {{request(conn_id) for _ in range(20)}}
+            emit({{"first": first, "ids": sorted(ids), "rows": rows, "created": len(created),
+                   "between": [between["idle"], between["in_use"]], "stats": djpool.stats()["default"]}})
+            """,
+            database(mysql),
+        )
+    finally:
+        mysql.query(f"DROP TABLE IF EXISTS test.{table}")
+    assert result["rows"] == 0  # the transaction left open was rolled back, not committed
+    assert result["ids"] == [result["first"]]  # and the same session served every request
+    assert result["created"] == 1
+    assert result["between"] == [1, 0]
+    stats = result["stats"]
+    assert (stats["connects"], stats["checkouts"], stats["discarded"]) == (1, 22, 0)
+
+
 # -- fork safety ------------------------------------------------------------------------
 
 
-def test_a_forked_child_opens_its_own_connection_and_the_parents_keeps_working(mysql: MySQLServer) -> None:
+def test_a_forked_child_opens_its_own_connection_and_the_parents_keeps_working(
+    mysql: MySQLServer, hold: bool
+) -> None:
     result, _ = run_django(
         """
         def fork_and_ask_the_child():

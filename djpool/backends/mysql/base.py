@@ -28,7 +28,7 @@ from django.utils.asyncio import async_unsafe
 from django.utils.functional import cached_property
 
 from djpool.options import parse_pool_options
-from djpool.pool import Pool, Record, existing_pool, forget_inherited_connections, pool_for
+from djpool.pool import Pool, Record, existing_pool, forget_inherited_connections, may_hold, pool_for
 
 from .creation import DatabaseCreation
 from .driver import MySQLDriver, disconnect_code, neutralise, note_statement
@@ -99,6 +99,11 @@ class DatabaseWrapper(mysql_base.DatabaseWrapper):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._pool: Pool[Any] | None = None
+        #: The connection was handed back in place at the end of a request (Pool.hold):
+        #: it is taken up again, liveness-checked, by the next ensure_connection().
+        self._held = False
+        #: A connection the pool already handed out for the next connect() to use.
+        self._adopt: tuple[Pool[Any], Any] | None = None
         self._fresh_checkout = False
         self._internal_statements = False
         self._cached_pool: tuple[tuple[Any, ...], Pool[Any]] | None = None
@@ -180,8 +185,12 @@ class DatabaseWrapper(mysql_base.DatabaseWrapper):
         if not self.pool_enabled:
             self._pool = None
             return open_connection(conn_params)
-        pool = self._pool_for(conn_params)
-        conn = pool.checkout()
+        if self._adopt is not None:
+            pool, conn = self._adopt  # a held connection's replacement (see _take_held)
+            self._adopt = None
+        else:
+            pool = self._pool_for(conn_params)
+            conn = pool.checkout()
         self._pool = pool
         self._fresh_checkout = True
         return conn
@@ -212,6 +221,59 @@ class DatabaseWrapper(mysql_base.DatabaseWrapper):
             record.prepared = True
         self._fresh_checkout = True
 
+    # -- holding the connection between requests (djpool.pool.hold_on_this_thread) --
+
+    def close_if_unusable_or_obsolete(self) -> None:
+        # Django calls this at the start and the end of every request; with
+        # CONN_MAX_AGE=0 it closes, i.e. hands the connection back to the pool.
+        if self._held:
+            return  # the start of the next request: taken up at first use
+        if self._may_hold() and self._pool is not None and self._pool.hold(self.connection):
+            self._held = True
+            # CONN_HEALTH_CHECKS is the pool's ping at the next take-up (ping_after=0),
+            # as at a checkout; Django's own check would ping a second time.
+            self.health_check_done = True
+            return
+        super().close_if_unusable_or_obsolete()
+
+    def _may_hold(self) -> bool:
+        return (
+            self.connection is not None
+            and may_hold()
+            and not self.in_atomic_block
+            and not self.needs_rollback
+            and not self.errors_occurred
+            and not self.savepoint_ids
+            and not self.run_on_commit
+            and self.settings_dict.get("CONN_MAX_AGE", 0) == 0
+            and self.connection.get_autocommit() == bool(self.settings_dict["AUTOCOMMIT"])
+        )
+
+    @async_unsafe
+    def ensure_connection(self) -> None:
+        if self._held:
+            self._take_held()
+        super().ensure_connection()
+
+    def _take_held(self) -> None:
+        """The first use after a request that held the connection: check it as a checkout would."""
+        self._held = False
+        pool = self._pool
+        assert pool is not None
+        held = self.connection
+        try:
+            with self.wrap_database_errors:
+                conn = pool.take_held(held)
+        except BaseException:
+            self.connection = self._pool = None  # the next use connects afresh
+            raise
+        self._fresh_checkout = True
+        if conn is not held:
+            # Replaced (it idled too long, failed its ping or grew too old): Django
+            # connects as usual (its session set-up, connection_created), with this one.
+            self.connection = self._pool = None
+            self._adopt = (pool, conn)
+
     @async_unsafe
     def create_cursor(self, name: Any = None) -> CursorWrapper:
         return CursorWrapper(self.connection.cursor(), self)
@@ -223,6 +285,10 @@ class DatabaseWrapper(mysql_base.DatabaseWrapper):
         if pool is None:
             return super()._close()  # type: ignore[no-any-return]
         conn, self.connection, self._pool = self.connection, None, None
+        if self._held:
+            self._held = False
+            pool.release_held(conn)
+            return
         if self.settings_dict.get("CONN_MAX_AGE", 0) != 0:
             # CONN_MAX_AGE was set on the live connection (see __init__): Django
             # manages persistence and closes only a connection it means to end
@@ -327,6 +393,8 @@ def _after_fork_in_child() -> None:
             neutralise(wrapper.connection)
             wrapper.connection = None
             wrapper._pool = None
+            wrapper._held = False
+            wrapper._adopt = None
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
