@@ -11,11 +11,14 @@
 3. writes a settings module for Django's ``tests/runtests.py`` into
    ``build/django-suite/`` whose two aliases, ``default`` and ``other``, use
    test databases only this script uses (``test_djpool_suite_*``);
-4. runs the same test modules twice, once with ``django.db.backends.mysql``
-   and once with ``djpool.backends.mysql`` (pool on), everything else equal;
+4. runs the same test modules three times, everything else equal: with
+   ``django.db.backends.mysql`` (``stock``), with ``djpool.backends.mysql``
+   (pool on, ``djpool``), and with djpool holding connections on the thread
+   that runs the tests between requests, as server.py's Django thread does
+   (``djpool-hold``, see docs/djpool.md);
 5. compares the outcomes test by test, prints a side-by-side table, writes it
-   to ``build/django-suite-results.md``, and exits non-zero when djpool's
-   results differ from the stock backend's.
+   to ``build/django-suite-results.md``, and exits non-zero when a djpool
+   run's results differ from the stock backend's.
 
 Run ``scripts/django_suite.py --help`` for the options (a subset of modules,
 one engine only, the number of processes).
@@ -131,7 +134,14 @@ EXTRA_MODULES = (
 )
 
 #: The two runs: label -> ENGINE.
-ENGINES = {"stock": "django.db.backends.mysql", "djpool": "djpool.backends.mysql"}
+ENGINES = {
+    "stock": "django.db.backends.mysql",
+    "djpool": "djpool.backends.mysql",
+    # djpool as server.py runs it: connections held by the one thread between requests
+    # (djpool.pool.hold_on_this_thread(), called by the settings module on the main thread).
+    "djpool-hold": "djpool.backends.mysql",
+}
+HOLDING = frozenset({"djpool-hold"})
 
 #: runtests.py processes. Measured here (2 cores, the whole module list, stock
 #: backend): 186 s with 1 process, 398 s with 2 (cloning the test databases
@@ -151,6 +161,7 @@ TEST_NAME_PREFIX = "test_djpool_suite_"
 
 #: Environment variables through which this script talks to the settings module.
 ENV_ENGINE = "DJPOOL_SUITE_ENGINE"
+ENV_HOLD = "DJPOOL_SUITE_HOLD"
 ENV_OUTCOMES = "DJPOOL_SUITE_OUTCOMES"
 
 #: The columns of the comparison, as (label, attribute of SuiteResult).
@@ -325,6 +336,11 @@ PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 DEFAULT_AUTO_FIELD = "django.db.models.AutoField"
 USE_TZ = False
 TEST_RUNNER = "django_suite.RecordingRunner"
+
+if os.environ.get({ENV_HOLD!r}) == "1":
+    from djpool.pool import hold_on_this_thread
+
+    hold_on_this_thread()  # runtests.py imports the settings on the thread that runs the tests
 '''
     (WORK / f"{SETTINGS_MODULE}.py").write_text(text)
 
@@ -374,6 +390,7 @@ def run_suite(label: str, tests_dir: Path, modules: list[str], parallel: int, ti
         {
             "PYTHONPATH": os.pathsep.join([str(WORK), str(ROOT / "scripts"), str(ROOT)]),
             ENV_ENGINE: engine,
+            ENV_HOLD: "1" if label in HOLDING else "0",
             ENV_OUTCOMES: str(outcomes),
         }
     )
@@ -416,15 +433,17 @@ def differences(stock: SuiteResult, pooled: SuiteResult) -> list[str]:
         return problems
     for label, attribute in COLUMNS:
         if stock.count(attribute) != pooled.count(attribute):
-            problems.append(f"{label}: stock {stock.count(attribute)}, djpool {pooled.count(attribute)}")
+            problems.append(
+                f"{label}: stock {stock.count(attribute)}, {pooled.label} {pooled.count(attribute)}"
+            )
     for attribute in ("failures", "errors", "unexpected_successes"):
         new = sorted(set(getattr(pooled, attribute)) - set(getattr(stock, attribute)))
-        problems += [f"{attribute.replace('_', ' ')} only with djpool: {test}" for test in new]
+        problems += [f"{attribute.replace('_', ' ')} only with {pooled.label}: {test}" for test in new]
     for attribute in ("skipped", "expected_failures"):
         theirs, ours = set(getattr(stock, attribute)), set(getattr(pooled, attribute))
         name = attribute.replace("_", " ")
         problems += [f"{name} only with stock: {test}" for test in sorted(theirs - ours)]
-        problems += [f"{name} only with djpool: {test}" for test in sorted(ours - theirs)]
+        problems += [f"{name} only with {pooled.label}: {test}" for test in sorted(ours - theirs)]
     return problems
 
 
@@ -456,7 +475,7 @@ def report(
         lines.append("")
         lines += [f"- {p}" for p in problems]
     else:
-        lines.append("djpool's results are identical to the stock backend's, test by test.")
+        lines.append("Each djpool column's results are identical to the stock backend's, test by test.")
     for result in results:
         for test in result.failures + result.errors:
             traceback = result.tracebacks.get(test, "").rstrip()
@@ -489,7 +508,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Download, run both engines, compare; 0 when djpool matches the stock backend."""
+    """Download, run the engines, compare; 0 when each djpool run matches the stock backend."""
     args = parse_args(argv)
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
@@ -512,7 +531,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if db.throwaway is not None:
             db.throwaway.destroy()
-    problems = differences(*results) if len(results) == 2 else []
+    stock = next((r for r in results if r.label == "stock"), None)
+    problems = [p for r in results if r is not stock and stock is not None for p in differences(stock, r)]
     text = report(results, modules, parallel, db, version, problems)
     RESULTS_MD.write_text(text)
     print()

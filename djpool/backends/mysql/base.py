@@ -7,7 +7,8 @@ engine behaves exactly like ``django.db.backends.mysql``, plus fork safety.
 Only the hooks Django means backends to override are overridden:
 ``get_connection_params``, ``get_new_connection``, ``init_connection_state``,
 ``connect`` (only to wrap it), ``create_cursor``, ``_close``, ``is_usable``,
-``_set_autocommit`` and the error wrapper. Django's
+``_set_autocommit`` and the error wrapper, plus ``close_if_unusable_or_obsolete``
+for holding a connection between requests on one thread (docs/djpool.md). Django's
 ``close()`` therefore hands the connection back to the pool instead of closing
 it, and the next ``connect()`` takes it out again, after an idle-aware
 liveness check.
@@ -100,7 +101,7 @@ class DatabaseWrapper(mysql_base.DatabaseWrapper):
         super().__init__(*args, **kwargs)
         self._pool: Pool[Any] | None = None
         #: The connection was handed back in place at the end of a request (Pool.hold):
-        #: it is taken up again, liveness-checked, by the next ensure_connection().
+        #: it is taken up again, liveness-checked, at its next use (_take_held).
         self._held = False
         #: A connection the pool already handed out for the next connect() to use.
         self._adopt: tuple[Pool[Any], Any] | None = None
@@ -249,14 +250,13 @@ class DatabaseWrapper(mysql_base.DatabaseWrapper):
             and self.connection.get_autocommit() == bool(self.settings_dict["AUTOCOMMIT"])
         )
 
-    @async_unsafe
-    def ensure_connection(self) -> None:
-        if self._held:
-            self._take_held()
-        super().ensure_connection()
-
     def _take_held(self) -> None:
-        """The first use after a request that held the connection: check it as a checkout would."""
+        """The first use after a request that held the connection: check it as a checkout would.
+
+        Called where a request first talks to the server: a new cursor
+        (create_cursor) or atomic()'s SET autocommit (_set_autocommit).
+        Not from ensure_connection(): Django's own tests replace that method.
+        """
         self._held = False
         pool = self._pool
         assert pool is not None
@@ -273,9 +273,13 @@ class DatabaseWrapper(mysql_base.DatabaseWrapper):
             # connects as usual (its session set-up, connection_created), with this one.
             self.connection = self._pool = None
             self._adopt = (pool, conn)
+            with self.wrap_database_errors:
+                self.connect()
 
     @async_unsafe
     def create_cursor(self, name: Any = None) -> CursorWrapper:
+        if self._held:
+            self._take_held()
         return CursorWrapper(self.connection.cursor(), self)
 
     def _close(self) -> None:
@@ -359,6 +363,8 @@ class DatabaseWrapper(mysql_base.DatabaseWrapper):
         # autocommit=0, not through a cursor: when that is the first round trip
         # after checkout, nothing has happened on the lost session yet, so it is
         # retried once on a fresh connection like a first statement.
+        if self._held:
+            self._take_held()
         replayable = self._fresh_checkout and not self.in_atomic_block and self._pool is not None
         try:
             super()._set_autocommit(autocommit)
