@@ -48,7 +48,7 @@ class PoolCollector(Collector):
             for reason, count in s.get("discards", {}).items():
                 discards.add_metric([alias, reason], count)
         yield discards
-        for gauge in ("idle", "in_use"):
+        for gauge in ("idle", "in_use", "held"):
             family_g = GaugeMetricFamily(f"djpool_{gauge}", f"djpool: connections {gauge}", labels=["alias"])
             for alias, s in stats.items():
                 family_g.add_metric([alias], s.get(gauge, 0))

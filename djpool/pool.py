@@ -293,6 +293,7 @@ class Pool(Generic[C]):
             "max_overflow": self.options.max_overflow,
             "idle": len(idle),
             "in_use": len(busy),
+            "held": len(held),
             "connection_ids": [r.server_id for r in busy + idle],
             "server_idle_timeout": next(
                 (r.server_idle_timeout for r in busy + idle if r.server_idle_timeout), None

@@ -408,6 +408,7 @@ def test_stats_report_every_counter_and_gauge_and_discards_by_reason(pools: Any)
         "max_overflow",
         "idle",
         "in_use",
+        "held",
         "connection_ids",
         "server_idle_timeout",
         "oldest_age",

@@ -435,7 +435,7 @@ def test_metrics_parse_and_count_requests_by_method_and_status_class(
         s.labels["alias"]: s.value for s in samples["djpool_connects"] if s.name == "djpool_connects_total"
     }
     assert connects["default"] >= 1
-    assert "djpool_idle" in samples and "djpool_in_use" in samples
+    assert "djpool_idle" in samples and "djpool_in_use" in samples and "djpool_held" in samples
     # The next scrape counts the previous one.
     again = _metric_samples(session.get(server.url("/-/metrics"), timeout=10).text)
     get_2xx = next(
