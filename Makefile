@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PORT   ?= 8001
 
-.PHONY: run test test-fast test-django bench bench-quick lint format docs clean
+.PHONY: run test test-fast test-django bench bench-quick profile lint format docs clean
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt scripts/sysdeps.sh
 	scripts/sysdeps.sh build
@@ -47,6 +47,11 @@ bench: $(BIN)/.bench-installed
 bench-quick: $(BIN)/.bench-installed
 	scripts/sysdeps.sh test
 	$(BIN)/python bench/run.py --quick
+
+## make profile: one worker's CPU per request by thread, against Django called in-process, and a flame graph
+profile: $(BIN)/.bench-installed
+	scripts/sysdeps.sh test
+	$(BIN)/python bench/profile.py --py-spy
 
 ## make lint: ruff and mypy, as CI runs them
 lint: $(BIN)/.installed

@@ -23,10 +23,10 @@ reading the report.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import statistics
@@ -35,6 +35,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -211,6 +212,36 @@ class Running:
         self.log.close()
 
 
+@contextlib.contextmanager
+def bench_database(url: str | None) -> Iterator[tuple[MySQLServer, str, int]]:
+    """A migrated demo database with 100 notes: (server, its DATABASE_URL, a note's id).
+
+    On ``url``'s server when given, else on a throwaway MariaDB of its own, whose
+    Connections counter and CPU then see only the benchmark. Dropped afterwards.
+    """
+    own: MariaDB | None = None
+    if url:
+        mysql = server_from_url(url)
+    else:
+        own = MariaDB()
+        own.start()
+        mysql = own.server
+    db = mysql.create_database()
+    try:
+        database_url = mysql.url(db)
+        migrate(database_url, settings="conf.settings")
+        conn = mysql.connect(db)
+        conn.cursor().executemany(
+            "INSERT INTO notes_note (text, created) VALUES (%s, NOW())", [(f"note {i}",) for i in range(100)]
+        )
+        conn.close()
+        yield mysql, database_url, mysql.query("SELECT MIN(id) FROM notes_note", db=db)[0][0]
+    finally:
+        mysql.drop_database(db)
+        if own is not None:
+            own.destroy()
+
+
 # -- nginx ------------------------------------------------------------------------------
 
 
@@ -360,8 +391,21 @@ def report(
                 f"{r.median('cpu_us') / b_cpu:.2f} | {int(r.median('connections'))} | "
                 f"{sum(s.errors for s in r.samples)} |"
             )
-        a, c = results[("A", endpoint)], results[("C", endpoint)]
-        lines += ["", f"A/C throughput: {a.median('rps') / c.median('rps'):.2f}×", ""]
+        a, b, c = results[("A", endpoint)], results[("B", endpoint)], results[("C", endpoint)]
+        lines += [
+            "",
+            f"A/C throughput: {a.median('rps') / c.median('rps'):.2f}×",
+            "",
+            # The machine drifts between rounds; these show how far the ratios moved with it.
+            "Per round, A/B: throughput "
+            + ", ".join(f"{x.rps / y.rps:.2f}" for x, y in zip(a.samples, b.samples, strict=True))
+            + "; CPU per request "
+            + ", ".join(f"{x.cpu_us / y.cpu_us:.2f}" for x, y in zip(a.samples, b.samples, strict=True))
+            + "; A/C throughput "
+            + ", ".join(f"{x.rps / y.rps:.2f}" for x, y in zip(a.samples, c.samples, strict=True))
+            + ".",
+            "",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -430,25 +474,11 @@ def main() -> int:
     backends = tuple(b for b in BACKENDS if b.key in wanted)
     started = time.monotonic()
     args.out.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix="bench-"))
-    own: MariaDB | None = None
-    if args.database_url:
-        mysql = server_from_url(args.database_url)
-    else:
-        # A server of our own: its Connections counter and CPU see only the benchmark.
-        own = MariaDB()
-        own.start()
-        mysql = own.server
-    db = mysql.create_database()
-    try:
-        database_url = mysql.url(db)
-        migrate(database_url, settings="conf.settings")
-        conn = mysql.connect(db)
-        conn.cursor().executemany(
-            "INSERT INTO notes_note (text, created) VALUES (%s, NOW())", [(f"note {i}",) for i in range(100)]
-        )
-        conn.close()
-        note_id = mysql.query("SELECT MIN(id) FROM notes_note", db=db)[0][0]
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-", ignore_cleanup_errors=True) as tmp,
+        bench_database(args.database_url) as (mysql, database_url, note_id),
+    ):
+        workdir = Path(tmp)
         script = workdir / "post.lua"
         script.write_text(POST_LUA)
         ports = [free_port(), free_port()]
@@ -496,11 +526,6 @@ def main() -> int:
         )
         chart(results, args.out / "latest.png", backends)
         print(text)
-    finally:
-        mysql.drop_database(db)
-        if own is not None:
-            own.destroy()
-        shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
 

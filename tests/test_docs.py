@@ -28,8 +28,8 @@ def test_every_make_command_in_the_readme_exists() -> None:
 def test_readme_flags_exist() -> None:
     readme = (ROOT / "README.md").read_text()
     names = {s.name for s in SETTINGS} | {"help", "config"}
-    # Flags of the other commands (python -m deploy, bench/run.py, scripts/django_suite.py).
-    parsers = ("deploy/__main__.py", "bench/run.py", "scripts/django_suite.py")
+    # Flags of the other commands (python -m deploy, bench/*.py, scripts/django_suite.py).
+    parsers = ("deploy/__main__.py", "bench/run.py", "bench/profile.py", "scripts/django_suite.py")
     sources = "".join((ROOT / path).read_text() for path in parsers)
     names |= set(re.findall(r'"--([a-z][a-z-]*)"', sources))
     for flag in set(re.findall(r"--([a-z][a-z_-]*)", readme)):
