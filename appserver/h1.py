@@ -72,8 +72,8 @@ class H1Exchange(Exchange):
         conn = self.conn
         close = not self.keep_alive or conn.server.no_keep_alive or self.frontend.worker.draining
         data, code, nbytes, close = encode_response(response, self.method == "HEAD", self.version, close)
-        if conn.refused:
-            pass  # the connection was refused while this request ran (see _refuse)
+        if conn.refused and conn.refusal is None:
+            pass  # the refusal is already written (see _refuse): nothing may follow it
         elif conn.transport is None or conn.transport.is_closing():
             logger.info("client went away before its %d response was sent", code)
         else:
@@ -112,9 +112,11 @@ class H1Connection(asyncio.Protocol):
         self.waiting_for = "idle"
         #: No further requests are taken: the connection closes once the queue is answered.
         self.closing = False
-        #: A refusal (400/408/413/431) was sent: input is read and dropped until the client
-        #: closes or LINGER_SECONDS pass.
+        #: A refusal (400/408/413/431) was decided: input is read and dropped from now on.
+        #: It is sent once the requests before it are answered; then the connection
+        #: closes when the client does or LINGER_SECONDS pass.
         self.refused = False
+        self.refusal: bytes | None = None
         self.paused: set[str] = set()
 
     # -- asyncio.Protocol ---------------------------------------------------------
@@ -175,9 +177,9 @@ class H1Connection(asyncio.Protocol):
     def eof_received(self) -> bool | None:
         # The client will send nothing more; answer what it sent, then close.
         self.closing = True
-        if not self.queue or self.refused:
+        if not self.queue or (self.refused and self.refusal is None):
             self.close()
-        return True  # keep our side open for the answers still owed
+        return True  # keep our side open for the answers still owed (and a refusal after them)
 
     def pause_writing(self) -> None:
         self._pause("writing")
@@ -267,6 +269,10 @@ class H1Connection(asyncio.Protocol):
         if close:
             self.closing = True
             self.queue.clear()
+            self.refusal = None  # the client knows nothing after this response was taken
+        if self.refusal is not None and not self.queue:
+            self._send_refusal()
+            return
         if self.closing and not self.queue:
             self.close()
             return
@@ -334,22 +340,35 @@ class H1Connection(asyncio.Protocol):
     def _refuse(self, code: int, payload: dict[str, Any], exchange: H1Exchange | None = None) -> None:
         """Answer ``code`` and close, reading and dropping what the client still sends.
 
-        Answers owed for earlier pipelined requests are lost: the connection is
-        unusable from here on, and closing at once is what a client can rely on.
+        Requests the client sent before the refused one, already read whole, are
+        answered first (HTTP/1.1 answers in order); the refusal follows them.
         """
         head, body = closing_response(code, payload)
         self.closing = self.refused = True
         self.reading = None
-        self.queue.clear()
-        self._wait("", 0)
+        self.refusal = head + body
         if exchange is not None:
             exchange.log(code, len(body))
         else:
             self.frontend.worker.metrics.observe("-", code, 0.0)
-        transport = self.transport
-        if transport is None:
+        if self.queue:
+            # Keep reading (and dropping) meanwhile: a client still sending a body it
+            # cannot finish would otherwise never read the answers.
+            self._wait("", 0)
+            self.paused.clear()
+            if self.transport is not None:
+                self.transport.resume_reading()
             return
-        transport.write(head + body)
+        self._send_refusal()
+
+    def _send_refusal(self) -> None:
+        """Write the refusal decided by :meth:`_refuse`, half-close, and linger."""
+        refusal, self.refusal = self.refusal, None
+        self._wait("", 0)
+        transport = self.transport
+        if transport is None or refusal is None:
+            return
+        transport.write(refusal)
         try:
             transport.write_eof()
         except (OSError, RuntimeError):

@@ -285,6 +285,29 @@ def test_a_body_that_stops_arriving_is_cut_after_body_timeout(server: ServerProc
     assert BODY_TIMEOUT * 0.8 < waited < BODY_TIMEOUT + 5
 
 
+@pytest.mark.parametrize(
+    "bad",
+    [
+        pytest.param(b"GET /test/echo HTTP/1.1\r\nBad Header Line\r\n\r\n", id="400-malformed"),
+        pytest.param(post("/test/echo", b"x" * (MAX_BODY + 1)), id="413-too-large"),
+    ],
+)
+def test_a_refused_request_behind_a_running_one_is_answered_after_it(
+    server: ServerProcess, bad: bytes
+) -> None:
+    # The first request is still in Django when the second is refused: the client gets
+    # the first answer, then the refusal, in the order it sent them, then the close.
+    with Wire(server) as wire:
+        wire.send(get("/test/slow?s=0.5") + post("/test/echo", b"second") + bad)
+        first, second, third = wire.response(), wire.response(), wire.response()
+        assert wire.closed_by_server()
+    assert first[0] == "HTTP/1.1 200 OK"
+    assert second[0] == "HTTP/1.1 200 OK"
+    assert echoed(second[2])["body"] == "second"
+    expected = "400 Bad Request" if bad.startswith(b"GET") else "413 Request Entity Too Large"
+    assert third[0] == f"HTTP/1.1 {expected}"
+
+
 def test_a_response_whose_length_lies_becomes_a_500(server: ServerProcess) -> None:
     if impl(server) == "tornado":
         pytest.skip("Tornado sends the head before it notices; the client sees a cut response")
