@@ -254,8 +254,9 @@ class H1Connection(asyncio.Protocol):
         assert exchange is not None
         self.reading = None
         self.queue.append(exchange)
+        # Whole: no deadline until the queue is answered, even behind a long request.
+        self._wait("", 0)
         if len(self.queue) == 1:
-            self._wait("", 0)
             exchange.dispatch()
         elif len(self.queue) >= MAX_PIPELINED:
             self._pause("pipelined")

@@ -285,6 +285,33 @@ def test_a_body_that_stops_arriving_is_cut_after_body_timeout(server: ServerProc
     assert BODY_TIMEOUT * 0.8 < waited < BODY_TIMEOUT + 5
 
 
+def test_a_whole_pipelined_body_behind_a_long_request_is_not_timed_out(server: ServerProcess) -> None:
+    # The POST arrives whole at once; the request before it runs longer than
+    # --body_timeout. Nothing is late: both are answered, in order.
+    with Wire(server) as wire:
+        wire.send(get(f"/test/slow?s={BODY_TIMEOUT * 2.5}") + post("/test/echo", b"waited"))
+        first, second = wire.response(), wire.response()
+    assert first[0] == "HTTP/1.1 200 OK"
+    assert second[0] == "HTTP/1.1 200 OK"
+    assert echoed(second[2])["body"] == "waited"
+
+
+def test_a_pipelined_body_that_stops_arriving_is_cut_and_answered_after_the_request_before_it(
+    server: ServerProcess,
+) -> None:
+    with Wire(server) as wire:
+        wire.send(
+            get(f"/test/slow?s={BODY_TIMEOUT * 2.5}")
+            + b"POST /test/echo HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\nonly ten.."
+        )
+        assert wire.response()[0] == "HTTP/1.1 200 OK"  # the slow one, first, whole
+        if impl(server) == "httptools":
+            status, _, body = wire.response()
+            assert status == "HTTP/1.1 408 Request Timeout"
+            assert echoed(body)["body_timeout"] == BODY_TIMEOUT
+        assert wire.closed_by_server(timeout=10)  # Tornado closes without an answer
+
+
 @pytest.mark.parametrize(
     "bad",
     [
