@@ -142,7 +142,7 @@ class AccessLog:
 
     def _write(self, level: int, line: str) -> None:
         """Write one combined line: straight to the server's stream when that is all
-        logging would do with it (about half the cost of a line), else through logging."""
+        logging would do with it (about a third of the cost of a line), else through logging."""
         second = int(time.time())
         if second != self._routes_second:
             self._routes_second = second

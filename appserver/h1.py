@@ -72,8 +72,8 @@ class H1Exchange(Exchange):
         conn = self.conn
         close = not self.keep_alive or conn.server.no_keep_alive or self.frontend.worker.draining
         data, code, nbytes, close = encode_response(response, self.method == "HEAD", self.version, close)
-        if conn.refused and conn.refusal is None:
-            pass  # the refusal is already written (see _refuse): nothing may follow it
+        if conn.refusal_written:
+            pass  # nothing may follow a refusal (see _refuse)
         elif conn.transport is None or conn.transport.is_closing():
             logger.info("client went away before its %d response was sent", code)
         else:
@@ -116,6 +116,7 @@ class H1Connection(asyncio.Protocol):
         #: It is sent once the requests before it are answered; then the connection
         #: closes when the client does or LINGER_SECONDS pass.
         self.refused = False
+        #: The refusal's bytes while it waits for those answers.
         self.refusal: bytes | None = None
         self.paused: set[str] = set()
 
@@ -177,9 +178,13 @@ class H1Connection(asyncio.Protocol):
     def eof_received(self) -> bool | None:
         # The client will send nothing more; answer what it sent, then close.
         self.closing = True
-        if not self.queue or (self.refused and self.refusal is None):
+        if not self.queue or self.refusal_written:
             self.close()
         return True  # keep our side open for the answers still owed (and a refusal after them)
+
+    @property
+    def refusal_written(self) -> bool:
+        return self.refused and self.refusal is None
 
     def pause_writing(self) -> None:
         self._pause("writing")
@@ -356,9 +361,7 @@ class H1Connection(asyncio.Protocol):
             # Keep reading (and dropping) meanwhile: a client still sending a body it
             # cannot finish would otherwise never read the answers.
             self._wait("", 0)
-            self.paused.clear()
-            if self.transport is not None:
-                self.transport.resume_reading()
+            self._read_and_drop()
             return
         self._send_refusal()
 
@@ -375,10 +378,14 @@ class H1Connection(asyncio.Protocol):
         except (OSError, RuntimeError):
             transport.close()
             return
-        self.paused.clear()
-        transport.resume_reading()
-        # data_received drops input from now on; eof_received or the timer closes.
+        self._read_and_drop()  # eof_received or the timer closes
         self.server.loop.call_later(LINGER_SECONDS, self.close)
+
+    def _read_and_drop(self) -> None:
+        """Read whatever the client still sends (data_received drops it once refused)."""
+        self.paused.clear()
+        if self.transport is not None:
+            self.transport.resume_reading()
 
 
 def _parser_detail(exc: Exception) -> str:

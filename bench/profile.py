@@ -40,7 +40,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.run import RESULTS, bench_database, parse_wrk, run_wrk, wait_http  # noqa: E402
+from bench.run import RESULTS, bench_database, parse_wrk, run_wrk, stat_seconds, wait_http  # noqa: E402
 from tests.support import free_port  # noqa: E402
 
 PYTHON = sys.executable
@@ -62,18 +62,17 @@ class ThreadTimes:
 
 def thread_times(pid: int) -> tuple[ThreadTimes, ThreadTimes]:
     """(the main thread, all other threads) of process ``pid``, from /proc."""
-    tick = os.sysconf("SC_CLK_TCK")
     main, others = ThreadTimes(), ThreadTimes()
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
-            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            user, system = stat_seconds(task / "stat")
             status = (task / "status").read_text()
         except FileNotFoundError:
             continue  # the thread ended between listing and reading
         switches = int(status.split("voluntary_ctxt_switches:", 1)[1].split()[0])
         into = main if task.name == str(pid) else others
-        into.user += int(fields[11]) / tick
-        into.system += int(fields[12]) / tick
+        into.user += user
+        into.system += system
         into.switches += switches
     return main, others
 

@@ -121,17 +121,25 @@ class Result:
 # -- processes ------------------------------------------------------------------------
 
 
+def stat_seconds(stat: Path) -> tuple[float, float]:
+    """(user, system) CPU seconds from a ``/proc/<pid>[/task/<tid>]/stat`` file.
+
+    Raises FileNotFoundError when the process or thread has gone.
+    """
+    fields = stat.read_text().rsplit(")", 1)[1].split()  # after the command name
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
 def cpu_seconds(pids: list[int]) -> float:
     """utime + stime of ``pids`` (seconds)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0
+    total = 0.0
     for pid in pids:
         try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += sum(stat_seconds(Path(f"/proc/{pid}/stat")))
         except FileNotFoundError:
             continue
-        total += int(fields[11]) + int(fields[12])
-    return total / tick
+    return total
 
 
 def children_of(pid: int) -> list[int]:
@@ -391,16 +399,16 @@ def report(
                 f"{r.median('cpu_us') / b_cpu:.2f} | {int(r.median('connections'))} | "
                 f"{sum(s.errors for s in r.samples)} |"
             )
-        a, b, c = results[("A", endpoint)], results[("B", endpoint)], results[("C", endpoint)]
+        a, base, c = results[("A", endpoint)], results[("B", endpoint)], results[("C", endpoint)]
         lines += [
             "",
             f"A/C throughput: {a.median('rps') / c.median('rps'):.2f}×",
             "",
             # The machine drifts between rounds; these show how far the ratios moved with it.
             "Per round, A/B: throughput "
-            + ", ".join(f"{x.rps / y.rps:.2f}" for x, y in zip(a.samples, b.samples, strict=True))
+            + ", ".join(f"{x.rps / y.rps:.2f}" for x, y in zip(a.samples, base.samples, strict=True))
             + "; CPU per request "
-            + ", ".join(f"{x.cpu_us / y.cpu_us:.2f}" for x, y in zip(a.samples, b.samples, strict=True))
+            + ", ".join(f"{x.cpu_us / y.cpu_us:.2f}" for x, y in zip(a.samples, base.samples, strict=True))
             + "; A/C throughput "
             + ", ".join(f"{x.rps / y.rps:.2f}" for x, y in zip(a.samples, c.samples, strict=True))
             + ".",
