@@ -115,6 +115,10 @@ def _http(value: str) -> str | None:
     return None if value in ("httptools", "tornado") else "must be httptools or tornado"
 
 
+def _django_mode(value: str) -> str | None:
+    return None if value in ("thread", "inline") else "must be thread or inline"
+
+
 def _event_loop(value: str) -> str | None:
     return None if value in ("uvloop", "asyncio") else "must be uvloop or asyncio"
 
@@ -268,6 +272,17 @@ SETTINGS: tuple[Setting, ...] = (
         "default) or tornado (Tornado's own HTTP1Connection, about 200 µs more CPU per request)",
         "IMPL",
         _http,
+    ),
+    Setting(
+        "django_mode",
+        str,
+        "thread",
+        "where Django runs: thread (a Django thread of its own; the IOLoop stays free to answer "
+        "/-/health, queue and refuse requests while a request runs) or inline (on the IOLoop "
+        "thread, the classic single-threaded recipe: less CPU per request, but nothing else is "
+        "answered while a request runs; see the README, 'Django on the IOLoop thread')",
+        "MODE",
+        _django_mode,
     ),
     Setting(
         "ports",

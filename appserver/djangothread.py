@@ -10,11 +10,20 @@ The hand-off is a plain queue one way and ``call_soon_threadsafe`` the other:
 one thread switch per request, no executor futures. Results finished while
 the loop has not yet picked up the previous ones ride along with them: one
 wake-up of the loop delivers all of them, in order.
+
+``--django_mode=inline`` (:class:`InlineDjango`) is the classic single-threaded
+recipe instead: Django runs on the IOLoop thread itself, with the running loop
+hidden from Django's async-safety check for the duration of each call. No
+hand-off, no second thread touching the same objects (CPython 3.11 keeps
+reference counts in the objects, so two threads taking turns on two cores pass
+cache lines back and forth); the price is that nothing else on the loop runs
+while Django does (see docs/server-options.md).
 """
 
 from __future__ import annotations
 
 import asyncio
+import asyncio.events
 import collections
 import queue
 import threading
@@ -25,16 +34,14 @@ from typing import Any
 _STOP = object()
 
 
-class DjangoThread:
-    """A single worker thread fed from the event loop; results come back as futures."""
+class DjangoRunner:
+    """Where a worker runs Django: what both modes share (see the module doc)."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, name: str = "django") -> None:
+    #: True when Django runs on the IOLoop thread (nothing else runs meanwhile).
+    inline = False
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        #: Finished jobs not yet delivered on the loop, and whether a delivery is scheduled.
-        self._results: collections.deque[tuple[Any, Any, BaseException | None]] = collections.deque()
-        self._wake_scheduled = False
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         #: Jobs submitted and not yet finished (running one included). Loop thread only.
         self.pending = 0
         #: Of those, the server's own jobs (health checks, start-up, shutdown): submit().
@@ -43,12 +50,38 @@ class DjangoThread:
         self.busy_since: float | None = None
         #: The running job's label (e.g. the request), None when idle.
         self.current: object | None = None
-        self._thread.start()
 
     @property
     def ident(self) -> int | None:
-        """The thread id, to find its stack in ``sys._current_frames()``."""
-        return self._thread.ident
+        """The id of the thread that runs Django, to find its stack in ``sys._current_frames()``."""
+        raise NotImplementedError
+
+    def call(
+        self, fn: Callable[[], Any], done: Callable[[Any, BaseException | None], None], label: object = ""
+    ) -> None:
+        """Run ``fn()`` where Django runs, then ``done(result, error)`` on the loop thread.
+
+        ``label`` (anything with a ``str()``) names the job in stuck-request reports.
+        """
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        """Let queued jobs finish, then stop."""
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait until stopped; True if it did."""
+        return True
+
+    def _run_job(self, fn: Callable[[], Any], label: object) -> tuple[Any, BaseException | None]:
+        self.busy_since = time.monotonic()
+        self.current = label
+        try:
+            return fn(), None
+        except BaseException as exc:  # delivered to the caller's done()
+            return None, exc
+        finally:
+            self.busy_since = None
+            self.current = None
 
     def submit(self, fn: Callable[[], Any], label: object = "") -> asyncio.Future[Any]:
         """Run one of the server's own jobs on the Django thread; call from the loop thread.
@@ -71,14 +104,27 @@ class DjangoThread:
         self.call(fn, settle, label)
         return future
 
+
+class DjangoThread(DjangoRunner):
+    """A single worker thread fed from the event loop (the default, --django_mode=thread)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, name: str = "django") -> None:
+        super().__init__(loop)
+        self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        #: Finished jobs not yet delivered on the loop, and whether a delivery is scheduled.
+        self._results: collections.deque[tuple[Any, Any, BaseException | None]] = collections.deque()
+        self._wake_scheduled = False
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    @property
+    def ident(self) -> int | None:
+        return self._thread.ident
+
     def call(
         self, fn: Callable[[], Any], done: Callable[[Any, BaseException | None], None], label: object = ""
     ) -> None:
-        """Run ``fn()`` on the Django thread, then ``done(result, error)`` on the loop thread.
-
-        The fast path for requests: no future, no task, one wake-up each way.
-        ``label`` (anything with a ``str()``) names the job in stuck-request reports.
-        """
+        # The fast path for requests: no future, no task, one wake-up each way.
         self.pending += 1
         self._jobs.put((fn, done, label))
 
@@ -99,14 +145,7 @@ class DjangoThread:
             if job is _STOP:
                 return
             fn, done, label = job
-            self.busy_since = time.monotonic()
-            self.current = label
-            try:
-                result, error = fn(), None
-            except BaseException as exc:  # delivered to the awaiting coroutine
-                result, error = None, exc
-            self.busy_since = None
-            self.current = None
+            result, error = self._run_job(fn, label)
             results.append((done, result, error))
             # _deliver clears the flag only once it found nothing left after it:
             # a result appended before that is taken by it, one after gets a wake-up.
@@ -134,3 +173,32 @@ class DjangoThread:
             self._wake_scheduled = True
             self._loop.call_soon(self._deliver)
             raise
+
+
+class InlineDjango(DjangoRunner):
+    """Django on the IOLoop thread itself (--django_mode=inline): the classic recipe."""
+
+    inline = True
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop)
+        self._ident = threading.get_ident()
+
+    @property
+    def ident(self) -> int | None:
+        return self._ident
+
+    def call(
+        self, fn: Callable[[], Any], done: Callable[[Any, BaseException | None], None], label: object = ""
+    ) -> None:
+        self.pending += 1
+        # Django refuses database work in a thread with a running event loop; the
+        # loop waits for this call, so for its duration there is none to protect.
+        running = asyncio.events._get_running_loop()
+        asyncio.events._set_running_loop(None)
+        try:
+            result, error = self._run_job(fn, label)
+        finally:
+            asyncio.events._set_running_loop(running)
+            self.pending -= 1
+        done(result, error)

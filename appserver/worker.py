@@ -1,4 +1,5 @@
-"""One worker process: one port, one IOLoop thread, one Django thread.
+"""One worker process: one port, one IOLoop thread, one Django thread
+(or, with ``--django_mode=inline``, Django on the IOLoop thread itself).
 
 Start-up: get the listening socket (inherited with ``--fd``, passed by systemd
 socket activation, or bound on ``--port``: a taken port fails fast and
@@ -22,6 +23,7 @@ import random
 import signal
 import socket
 import sys
+import threading
 import time
 import traceback
 
@@ -29,7 +31,7 @@ from tornado.netutil import bind_sockets
 from tornado.options import OptionParser
 
 from . import systemd
-from .djangothread import DjangoThread
+from .djangothread import DjangoRunner, DjangoThread, InlineDjango
 from .endpoints import Health, MetricsEndpoint, check_databases
 from .h1 import H1Server
 from .http import Endpoint, Frontend, HTTPFront
@@ -91,13 +93,14 @@ class Worker:
         self.draining = False
         self.stuck: str | None = None
         self.application: WSGIApp | None = None
-        self.django: DjangoThread = None  # type: ignore[assignment]  # set in serve()
+        self.django: DjangoRunner = None  # type: ignore[assignment]  # set in serve()
         self.metrics = Metrics(self.port)
         self.endpoints: dict[str, Endpoint] = {"health": Health(self), "metrics": MetricsEndpoint(self)}
         self.max_requests = 0
         if options.max_requests:
             self.max_requests = options.max_requests + random.randint(0, options.max_requests_jitter)
         self._stop = asyncio.Event()
+        self._watcher_stop = threading.Event()
         self._signals = 0
         self._stop_reason = ""
 
@@ -126,7 +129,7 @@ class Worker:
     async def serve(self, sockets: list[socket.socket]) -> int:
         """Run until told to stop; return the process exit code."""
         loop = asyncio.get_running_loop()
-        self.django = DjangoThread(loop)
+        self.django = InlineDjango(loop) if self.options.django_mode == "inline" else DjangoThread(loop)
         try:
             self.application = await self.django.submit(
                 lambda: load_application(self.options.settings), "django.setup"
@@ -159,10 +162,13 @@ class Worker:
             "HUP ignored: a worker cannot reload in place; send HUP to the "
             "--ports launcher, or restart the worker (deploy rolling-restart)",
         )
-        watchdogs = [self._watch_stuck_requests(), self._watch_launcher()]
+        watchdogs = [self._watch_launcher()]
         interval = systemd.watchdog_interval()
         if interval:
             watchdogs.append(self._systemd_watchdog(interval))
+        threading.Thread(
+            target=self._watch_stuck_requests, args=(interval,), name="stuck-watch", daemon=True
+        ).start()
         tasks = [asyncio.ensure_future(w) for w in watchdogs]
         logger.info(
             "listening on http://%s:%d/ (pid %d, Django settings %s)",
@@ -175,6 +181,7 @@ class Worker:
         await self._stop.wait()
         systemd.notify(f"STOPPING=1\nSTATUS=draining: {self._stop_reason}")
         code = await self._drain(server, frontend)
+        self._watcher_stop.set()
         for task in tasks:
             task.cancel()
         return code
@@ -207,15 +214,25 @@ class Worker:
         if self.max_requests and count >= self.max_requests and not self.draining:
             self.begin_drain(f"served {count} requests (--max_requests)")
 
-    async def _watch_stuck_requests(self) -> None:
-        """Log the Django stack of a request running past --request_timeout (once per request)."""
+    def _watch_stuck_requests(self, watchdog_interval: float | None) -> None:
+        """Log the Django stack of a request running past --request_timeout (once per request).
+
+        A thread of its own: under --django_mode=inline a long request holds the
+        IOLoop, and this must still see it. There it also keeps the systemd
+        watchdog fed while a request runs, as the free IOLoop does in thread mode:
+        a slow request is reported as stuck, not killed.
+        """
         limit = self.options.request_timeout
-        if not limit:
+        if not limit and not (self.django.inline and watchdog_interval):
             return
+        period = min(x for x in (1.0, limit / 4 if limit else 0, watchdog_interval or 0) if x > 0)
         reported_since: float | None = None
-        while True:
-            await asyncio.sleep(min(1.0, limit / 4))
+        while not self._watcher_stop.wait(period):
             since = self.django.busy_since
+            if since is not None and self.django.inline and watchdog_interval:
+                systemd.notify("WATCHDOG=1")
+            if not limit:
+                continue
             if since is None or time.monotonic() - since < limit:
                 self.stuck = None
                 continue
@@ -243,7 +260,8 @@ class Worker:
         self.begin_drain("the launcher is gone")
 
     async def _systemd_watchdog(self, interval: float) -> None:
-        """WATCHDOG=1 from the IOLoop: a blocked loop stops the pings and systemd restarts us."""
+        """WATCHDOG=1 from the IOLoop: a blocked loop stops the pings and systemd restarts us
+        (under --django_mode=inline, a running request is not a blocked loop: see above)."""
         while True:
             systemd.notify("WATCHDOG=1")
             await asyncio.sleep(interval)

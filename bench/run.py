@@ -91,6 +91,8 @@ BACKENDS = (
     ),
     # Optional (--backends A,B,C,T): the product on Tornado's own HTTP/1.1 layer.
     Backend("T", "this server + djpool, --http=tornado", {}, "server", ("--http=tornado",)),
+    # Optional (--backends A,B,C,I): the product with Django on the IOLoop thread.
+    Backend("I", "this server + djpool, --django_mode=inline", {}, "server", ("--django_mode=inline",)),
 )
 DEFAULT_BACKENDS = "A,B,C"
 
@@ -427,7 +429,7 @@ def chart(
 
     endpoints = ("GET /api/notes/<id>", "POST /api/notes")
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    colors = {"A": "#2a7ab0", "B": "#999999", "C": "#d08030", "T": "#8fbfe0"}
+    colors = {"A": "#2a7ab0", "B": "#999999", "C": "#d08030", "T": "#8fbfe0", "I": "#1f5a3a"}
     for ax, metric, title in (
         (axes[0], "rps", "throughput (req/s, higher is better)"),
         (axes[1], "cpu_us", "backend CPU per request (µs, lower is better)"),
@@ -465,7 +467,7 @@ def main() -> int:
         "--backends",
         default=DEFAULT_BACKENDS,
         help="comma-separated backends to run; A, B and C are always included "
-        "(T = this server on --http=tornado)",
+        "(T = this server on --http=tornado, I = this server with --django_mode=inline)",
     )
     parser.add_argument(
         "--database-url",
@@ -478,7 +480,7 @@ def main() -> int:
     wanted = {k.strip().upper() for k in args.backends.split(",") if k.strip()} | {"A", "B", "C"}
     unknown = wanted - {b.key for b in BACKENDS}
     if unknown:
-        parser.error(f"--backends: unknown backend(s) {', '.join(sorted(unknown))} (known: A, B, C, T)")
+        parser.error(f"--backends: unknown backend(s) {', '.join(sorted(unknown))} (known: A, B, C, T, I)")
     backends = tuple(b for b in BACKENDS if b.key in wanted)
     started = time.monotonic()
     args.out.mkdir(parents=True, exist_ok=True)

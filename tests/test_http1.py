@@ -1,6 +1,7 @@
 """HTTP/1.1 on the wire, for both implementations (``--http=httptools``, the default, and
 ``--http=tornado``): what a client sees byte for byte, where raw sockets are the only way to
 send it (pipelining, chunked bodies, Expect, HTTP/1.0, smuggling-shaped heads, slow clients).
+The default layer also runs them with ``--django_mode=inline`` (Django on the IOLoop thread).
 
 Where the two differ, the test says what each one answers.
 """
@@ -22,18 +23,21 @@ MAX_BODY = 2000
 BODY_TIMEOUT = 1.0
 
 
-@pytest.fixture(scope="module", params=["httptools", "tornado"])
+@pytest.fixture(scope="module", params=["httptools", "tornado", "httptools-inline"])
 def server(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServerProcess]:
+    # httptools-inline: the default layer with Django on the IOLoop thread (--django_mode=inline).
+    layer, _, inline = request.param.partition("-")
     proc = ServerProcess(
         None,
-        f"--http={request.param}",
+        f"--http={layer}",
+        *(["--django_mode=inline"] if inline else []),
         f"--max_body_size={MAX_BODY}",
         f"--body_timeout={BODY_TIMEOUT}",
         log_dir=tmp_path_factory.mktemp("http1"),
     )
-    proc.impl = request.param  # type: ignore[attr-defined]
+    proc.impl = layer  # type: ignore[attr-defined]
     proc.start()
     yield proc
     proc.stop()

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from appserver.djangothread import DjangoThread
+from appserver.djangothread import DjangoThread, InlineDjango
 from appserver.http import encode_response, is_ip_address, response_headers
 
 
@@ -163,3 +163,30 @@ def test_encode_response_connection_header_decides_with_the_server() -> None:
 def test_encode_response_refuses_a_length_that_does_not_match_the_body() -> None:
     with pytest.raises(ValueError, match="does not match the body"):
         encode_response((200, "OK", [("Content-Length", "100")], b"short"), False, "HTTP/1.1", False)
+
+
+def test_inline_runs_django_on_the_loop_thread_with_the_loop_hidden_then_restored() -> None:
+    from django.utils.asyncio import async_unsafe
+
+    @async_unsafe
+    def database_work() -> tuple[int, bool]:
+        # What Django's backends check before touching a connection.
+        return threading.get_ident(), asyncio.events._get_running_loop() is None
+
+    async def main() -> list[Any]:
+        loop = asyncio.get_running_loop()
+        django = InlineDjango(loop)
+        got: list[Any] = []
+        django.call(database_work, lambda r, e: got.append((r, e, django.pending, django.busy_since)))
+        django.call(lambda: 1 / 0, lambda r, e: got.append((r, type(e), django.pending)))
+        got.append(asyncio.get_running_loop() is loop)  # the loop is visible again
+        got.append(await django.submit(lambda: "internal job"))
+        got.append((django.pending, django.internal, django.ident == threading.get_ident()))
+        return got
+
+    got = asyncio.run(main())
+    (ident, hidden), error, pending, busy = got[0]
+    assert ident == threading.get_ident() and hidden and error is None
+    assert (pending, busy) == (0, None)  # finished before done() is called
+    assert got[1] == (None, ZeroDivisionError, 0)
+    assert got[2:] == [True, "internal job", (0, 0, True)]

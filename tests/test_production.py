@@ -573,3 +573,81 @@ def test_socket_activation_serves_on_the_passed_socket(tmp_path: Path) -> None:
         log.close()
     text = (tmp_path / "activated.log").read_text()
     assert f"listening on http://127.0.0.1:{port}/" in text
+
+
+# -- --django_mode=inline: Django on the IOLoop thread ----------------------------------------
+
+
+def test_inline_mode_serves_the_api_on_one_held_connection(start_server: Start, app_db_url: str) -> None:
+    server = start_server(app_db_url, "--django_mode=inline")
+    note = server.post("/api/notes", json={"text": "inline"}).json()
+    for _ in range(200):
+        r = server.get(f"/api/notes/{note['id']}")
+        assert r.status_code == 200 and r.json()["text"] == "inline"
+    assert server.get("/test/raise").status_code == 500  # a view's bug stays a 500 ...
+    assert server.get(f"/api/notes/{note['id']}").status_code == 200  # ... and the next one works
+    body = server.health()
+    stats = body["db"]["default"]["pool"]
+    assert (stats["connects"], stats["reconnects"], stats["held"]) == (1, 0, 1)
+    assert stats["reuses"] >= 200
+    assert body["django_thread"] == {"busy": False, "queued": 0}
+
+
+def test_inline_mode_health_waits_for_the_running_request(start_server: Start) -> None:
+    # The price of inline mode, as a monitor sees it: /-/health is answered only
+    # once the running request is done (thread mode answers at once, see test_server).
+    server = start_server(None, "--django_mode=inline")
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        slow = pool.submit(fetch, server.url("/test/slow?s=2"))
+        time.sleep(0.5)  # the request is running (nothing reports it while the loop is in Django)
+        started = time.monotonic()
+        health = requests.get(server.url("/-/health"), timeout=10)
+        waited = time.monotonic() - started
+        assert slow.result().status_code == 200  # type: ignore[union-attr]
+    assert health.status_code == 200
+    assert waited > 1.0, f"health answered in {waited:.2f}s while a 2 s request ran on the loop"
+
+
+def test_inline_mode_stuck_request_is_logged_with_its_stack(start_server: Start) -> None:
+    server = start_server(None, "--django_mode=inline", "--request_timeout=0.5")
+    response = requests.get(server.url("/test/slow?s=2"), timeout=10)
+    assert response.status_code == 200
+    log = server.log()
+    assert "stuck request: GET /test/slow?s=2 running for more than 0.5 s" in log
+    stack = log.split("stuck request:", 1)[1]
+    assert 'tests/testapp/views.py", line' in stack and "time.sleep(seconds)" in stack
+    # Over once it ended: the next health check (answered now that the loop is free) is 200.
+    wait_for(lambda: server.get("/-/health").status_code == 200, 3, "/-/health to be 200")
+
+
+def test_inline_mode_sigterm_during_a_request_finishes_it_then_exits_0(start_server: Start) -> None:
+    server = start_server(None, "--django_mode=inline", "--graceful_timeout=30")
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        slow = pool.submit(fetch, server.url("/test/slow?s=1.5"))
+        time.sleep(0.5)
+        server.signal(signal.SIGTERM)
+        response = slow.result()
+    # The signal is handled once the loop is free again, i.e. after this response
+    # went out (so it does not say Connection: close); then the drain runs as usual.
+    assert isinstance(response, requests.Response) and response.status_code == 200
+    assert exit_code(server, 20) == 0
+    assert "draining: SIGTERM" in server.log() and "stopped cleanly" in server.log()
+
+
+def test_inline_mode_feeds_the_systemd_watchdog_while_a_request_runs(
+    start_server: Start, notify_socket: tuple[socket.socket, str]
+) -> None:
+    sock, path = notify_socket
+    server = start_server(
+        None, "--django_mode=inline", env={"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "400000"}
+    )
+    _messages_until(sock, "READY=1", 10)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        slow = pool.submit(fetch, server.url("/test/slow?s=2"))
+        time.sleep(0.5)  # well inside the request: the loop is in Django now
+        started = time.monotonic()
+        for _ in range(4):  # one ping per 0.2 s is expected; a stalled loop would send none
+            _messages_until(sock, "WATCHDOG=1", 1)
+        assert not slow.done(), "the request ended before the pings were counted"
+        assert time.monotonic() - started < 1.5
+        assert slow.result().status_code == 200  # type: ignore[union-attr]
