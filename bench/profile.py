@@ -61,7 +61,11 @@ class ThreadTimes:
 
 
 def thread_times(pid: int) -> tuple[ThreadTimes, ThreadTimes]:
-    """(the main thread, all other threads) of process ``pid``, from /proc."""
+    """(the main thread, all other threads) of process ``pid``, from /proc.
+
+    The other threads are the Django thread and the stuck-request watcher, which
+    wakes once a second and costs nothing measurable beside it.
+    """
     main, others = ThreadTimes(), ThreadTimes()
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
