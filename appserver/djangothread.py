@@ -17,7 +17,7 @@ hidden from Django's async-safety check for the duration of each call. No
 hand-off, no second thread touching the same objects (CPython 3.11 keeps
 reference counts in the objects, so two threads taking turns on two cores pass
 cache lines back and forth); the price is that nothing else on the loop runs
-while Django does (see docs/server-options.md).
+while Django does (the README's 'Django on the IOLoop thread' has the table).
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ class DjangoRunner:
             self.current = None
 
     def submit(self, fn: Callable[[], Any], label: object = "") -> asyncio.Future[Any]:
-        """Run one of the server's own jobs on the Django thread; call from the loop thread.
+        """Run one of the server's own jobs where Django runs; call from the loop thread.
 
         Counted in :attr:`internal` as well, so that a health check never takes a
         request's place in the ``--max_queue`` budget.

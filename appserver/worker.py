@@ -223,13 +223,14 @@ class Worker:
         a slow request is reported as stuck, not killed.
         """
         limit = self.options.request_timeout
-        if not limit and not (self.django.inline and watchdog_interval):
+        feed = watchdog_interval if self.django.inline else None  # thread mode: the loop pings
+        if not limit and not feed:
             return
-        period = min(x for x in (1.0, limit / 4 if limit else 0, watchdog_interval or 0) if x > 0)
+        period = min(1.0, limit / 4 if limit else 1.0, feed or 1.0)
         reported_since: float | None = None
         while not self._watcher_stop.wait(period):
             since = self.django.busy_since
-            if since is not None and self.django.inline and watchdog_interval:
+            if since is not None and feed:
                 systemd.notify("WATCHDOG=1")
             if not limit:
                 continue

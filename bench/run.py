@@ -480,7 +480,8 @@ def main() -> int:
     wanted = {k.strip().upper() for k in args.backends.split(",") if k.strip()} | {"A", "B", "C"}
     unknown = wanted - {b.key for b in BACKENDS}
     if unknown:
-        parser.error(f"--backends: unknown backend(s) {', '.join(sorted(unknown))} (known: A, B, C, T, I)")
+        known = ", ".join(b.key for b in BACKENDS)
+        parser.error(f"--backends: unknown backend(s) {', '.join(sorted(unknown))} (known: {known})")
     backends = tuple(b for b in BACKENDS if b.key in wanted)
     started = time.monotonic()
     args.out.mkdir(parents=True, exist_ok=True)
