@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import asyncio.events
 import collections
+import contextvars
 import queue
 import threading
 import time
@@ -183,6 +184,11 @@ class InlineDjango(DjangoRunner):
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__(loop)
         self._ident = threading.get_ident()
+        # Django keeps its per-thread state (connections among it) in contextvars,
+        # and on the loop every client connection's callbacks and every task run in
+        # a context of their own: one context for all of Django's calls makes them
+        # see one thread's state, as the Django thread does.
+        self._context = contextvars.Context()
 
     @property
     def ident(self) -> int | None:
@@ -197,7 +203,7 @@ class InlineDjango(DjangoRunner):
         running = asyncio.events._get_running_loop()
         asyncio.events._set_running_loop(None)
         try:
-            result, error = self._run_job(fn, label)
+            result, error = self._context.run(self._run_job, fn, label)
         finally:
             asyncio.events._set_running_loop(running)
             self.pending -= 1

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import httptools
 
-from .http import LINGER_SECONDS, Exchange, closing_response, encode_response
+from .http import LINGER_SECONDS, Exchange, accept_backlog, closing_response, encode_response
 
 if TYPE_CHECKING:
     from .http import Frontend
@@ -406,6 +406,9 @@ class H1Server:
         #: Set when draining: every connection closes after its current response.
         self.no_keep_alive = False
         self._servers: list[asyncio.AbstractServer] = []
+        self._sockets: list[socket.socket] = []
+        #: Connections taken from the accept queue while stopping, not yet set up.
+        self._adopting: set[asyncio.Future[Any]] = set()
         self._sweep_every = min(SWEEP_INTERVAL, self.idle_timeout / 4, self.body_timeout / 4)
         self._sweeper: asyncio.TimerHandle | None = None
 
@@ -413,16 +416,34 @@ class H1Server:
         for sock in sockets:
             server = await self.loop.create_server(lambda: H1Connection(self), sock=sock, backlog=1024)
             self._servers.append(server)
+            self._sockets.append(sock)
         self._sweeper = self.loop.call_later(self._sweep_every, self._sweep)
 
     @property
     def connection_count(self) -> int:
-        return len(self.connections)
+        return len(self.connections) + len(self._adopting)
 
     def stop(self) -> None:
-        """Stop accepting connections (the listening sockets close)."""
+        """Stop accepting connections (the listening sockets close).
+
+        Connections the kernel completed but nobody accepted yet are taken over
+        first (see :func:`accept_backlog`), so that closing does not reset them.
+        """
+        for sock in self._sockets:
+            for conn, _ in accept_backlog(sock):
+                adopt = asyncio.ensure_future(
+                    self.loop.connect_accepted_socket(lambda: H1Connection(self), conn)
+                )
+                self._adopting.add(adopt)
+                adopt.add_done_callback(self._adopted)
+        self._sockets.clear()
         for server in self._servers:
             server.close()
+
+    def _adopted(self, adopt: asyncio.Future[Any]) -> None:
+        self._adopting.discard(adopt)
+        if not adopt.cancelled() and adopt.exception() is not None:
+            logger.warning("draining: could not set up a waiting connection: %s", adopt.exception())
 
     async def close_all_connections(self) -> None:
         for conn in list(self.connections):

@@ -581,12 +581,41 @@ class HTTPFront(HTTPServer):
     def no_keep_alive(self, value: bool) -> None:
         self.conn_params.no_keep_alive = value
 
+    def stop(self) -> None:
+        """Stop listening; first take over the connections waiting to be accepted."""
+        if not self._stopped:
+            for sock in self._sockets.values():
+                for conn, address in accept_backlog(sock):
+                    self._handle_connection(conn, address)
+        super().stop()
+
     def handle_stream(self, stream: IOStream, address: tuple[Any, ...]) -> None:
         if type(stream) is IOStream:
             IOStream.set_nodelay(stream, True)
             stream.__class__ = ClientStream
             stream.frontend = self.request_callback  # type: ignore[attr-defined]
         super().handle_stream(stream, address)
+
+
+def accept_backlog(sock: socket.socket) -> Iterator[tuple[socket.socket, Any]]:
+    """Accept the connections waiting in ``sock``'s accept queue, without blocking.
+
+    Called just before a draining worker closes a listening socket: the kernel
+    has completed these connections (their clients may have sent a request
+    already) and closing the socket would reset every one of them. They wait
+    there whenever the loop is busy, and under ``--django_mode=inline`` that is
+    for as long as each request runs.
+    """
+    while True:
+        try:
+            conn, address = sock.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:  # e.g. EMFILE: what is left there is lost either way
+            logger.warning("draining: could not accept a waiting connection: %s", exc)
+            return
+        conn.setblocking(False)
+        yield conn, address
 
 
 def refuse_large_head(frontend: Frontend, sock: socket.socket) -> None:

@@ -102,6 +102,10 @@ class Worker:
         self._stop = asyncio.Event()
         self._watcher_stop = threading.Event()
         self._signals = 0
+        #: monotonic() by which the drain must be over (set when it begins).
+        self._drain_deadline = 0.0
+        self._server: HTTPFront | H1Server | None = None
+        self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set in serve()
         self._stop_reason = ""
 
     # -- start-up ------------------------------------------------------------------
@@ -128,7 +132,7 @@ class Worker:
 
     async def serve(self, sockets: list[socket.socket]) -> int:
         """Run until told to stop; return the process exit code."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         self.django = InlineDjango(loop) if self.options.django_mode == "inline" else DjangoThread(loop)
         try:
             self.application = await self.django.submit(
@@ -154,8 +158,9 @@ class Worker:
         else:
             server = H1Server(frontend, self.options)
             await server.listen(sockets)
+        self._server = server
         for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, self._on_signal, signum)
+            signal.signal(signum, self._signal_arrived)
         loop.add_signal_handler(
             signal.SIGHUP,
             logger.info,
@@ -276,7 +281,36 @@ class Worker:
         logger.info("draining: %s (graceful timeout %gs)", reason, self.options.graceful_timeout)
         self.draining = True
         self._stop_reason = reason
+        self._drain_deadline = time.monotonic() + self.options.graceful_timeout
+        if self._server is not None:
+            # Every response from now on says Connection: close and its connection
+            # closes after it (the one running now included).
+            self._server.no_keep_alive = True
         self._stop.set()
+        if self.django.inline and self.django.busy_since is not None:
+            # The loop is inside a request and enforces nothing until it returns.
+            timer = threading.Timer(self.options.graceful_timeout, self._graceful_timeout_while_busy)
+            timer.daemon = True
+            timer.start()
+
+    def _graceful_timeout_while_busy(self) -> None:
+        """Runs on a timer thread (inline mode): the loop may still be stuck in Django."""
+        if self.django.busy_since is not None and self.frontend.in_flight:
+            self._exit_now(f"graceful timeout ({self.options.graceful_timeout:g} s)")
+        # Otherwise the loop is free again and _drain() keeps the same deadline.
+
+    def _signal_arrived(self, signum: int, frame: object) -> None:
+        """SIGTERM / SIGINT, on the main thread between two bytecodes.
+
+        That is in the loop's own code when it waits, or, under
+        --django_mode=inline, in the middle of a request's Django code: then the
+        loop would see the signal only after the request, so it is acted on here
+        (the drain begins, a second signal exits at once).
+        """
+        if self.django.inline and self.django.busy_since is not None:
+            self._on_signal(signum)
+        else:
+            self._loop.call_soon_threadsafe(self._on_signal, signum)
 
     def _on_signal(self, signum: int) -> None:
         self._signals += 1
@@ -299,10 +333,8 @@ class Worker:
 
     async def _drain(self, server: HTTPFront | H1Server, frontend: Frontend) -> int:
         server.stop()  # no new connections; our copy of the listening socket closes
-        # From now on every connection closes after its response, instead of only
-        # saying "Connection: close" and staying open for the next request.
-        server.no_keep_alive = True
-        deadline = time.monotonic() + self.options.graceful_timeout
+        server.no_keep_alive = True  # (begin_drain set it already)
+        deadline = self._drain_deadline
         quiet_since: float | None = None
         while time.monotonic() < deadline:
             if frontend.in_flight:

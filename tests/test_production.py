@@ -94,9 +94,11 @@ def exit_code(server: ServerProcess, timeout: float) -> int:
 
 @pytest.mark.slow
 def test_sigterm_lets_50_in_flight_requests_finish_then_exits_0(start_server: Start) -> None:
-    # A 2 s request holds the Django thread, so all 50 slow requests (0.1 s each) are
-    # surely read and queued when SIGTERM arrives, however loaded the machine is.
-    server = start_server(None, "--max_queue=100", "--graceful_timeout=60")
+    # --django_mode=thread: a 2 s request holds the Django thread, so all 50 slow
+    # requests (0.1 s each) are surely read and queued when SIGTERM arrives, however
+    # loaded the machine is. (Inline, they wait in the accept queue instead: see
+    # test_sigterm_during_a_request_answers_the_connections_waiting_in_the_backlog.)
+    server = start_server(None, "--django_mode=thread", "--max_queue=100", "--graceful_timeout=60")
     with ThreadPoolExecutor(max_workers=51) as pool:
         blocker = pool.submit(fetch, server.url("/test/slow?s=2"))
         wait_for(lambda: django_jobs(server) == 1, 10, "the blocking request to start")
@@ -119,6 +121,41 @@ def test_sigterm_lets_50_in_flight_requests_finish_then_exits_0(start_server: St
     print(f"drained 50 queued requests in {drained:.2f} s")
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("http", ["httptools", "tornado"])
+def test_sigterm_during_a_request_answers_the_connections_waiting_in_the_backlog(
+    start_server: Start, http: str
+) -> None:
+    # With Django on the IOLoop thread (the default) nothing accepts connections while a
+    # request runs: new ones wait, complete, in the kernel's accept queue. SIGTERM then
+    # must not close the listening socket over them (each would be reset): the worker
+    # takes them over and answers them before it exits.
+    server = start_server(None, "--graceful_timeout=60", f"--http={http}")
+    request = b"GET /test/slow?s=0.05 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        blocker = pool.submit(fetch, server.url("/test/slow?s=2"))
+        time.sleep(0.5)  # the loop has read it and is inside Django now
+        waiting = []
+        for _ in range(50):
+            sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+            sock.sendall(request)
+            waiting.append(sock)
+        assert not blocker.done(), "the blocking request ended before the 50 were queued"
+        server.signal(signal.SIGTERM)
+        answers = []
+        for sock in waiting:
+            with sock:
+                try:
+                    status, _, body = read_response(sock)
+                    answers.append((status, json.loads(body)))
+                except OSError as exc:
+                    answers.append((repr(exc).encode(), None))
+        assert blocker.result().status_code == 200  # type: ignore[union-attr]
+    assert answers == [(b"HTTP/1.1 200 OK", {"slept": 0.05})] * 50
+    assert exit_code(server, 30) == 0
+    assert "stopped cleanly" in server.log()
+
+
 def test_a_request_arriving_on_a_keep_alive_connection_during_the_drain_is_answered(
     start_server: Start,
 ) -> None:
@@ -139,13 +176,22 @@ def test_a_request_arriving_on_a_keep_alive_connection_during_the_drain_is_answe
     assert exit_code(server, 10) == 0
 
 
-def test_second_sigterm_exits_at_once_with_code_3_naming_the_unfinished_requests(start_server: Start) -> None:
-    server = start_server(None, "--max_queue=100", "--graceful_timeout=60")
+@pytest.mark.parametrize("mode", ["inline", "thread"])
+def test_second_sigterm_exits_at_once_with_code_3_naming_the_unfinished_requests(
+    start_server: Start, mode: str
+) -> None:
+    # thread: one request runs, two are read and queued. inline: one runs and the loop
+    # is inside it, yet both signals are acted on at once (the others are not read).
+    server = start_server(None, f"--django_mode={mode}", "--max_queue=100", "--graceful_timeout=60")
+    paths = ["/test/slow?s=5", "/test/slow?s=6", "/test/slow?s=7"][: 3 if mode == "thread" else 1]
     with ThreadPoolExecutor(max_workers=3) as pool:
-        futures = [pool.submit(fetch, server.url(f"/test/slow?s={5 + i}")) for i in range(3)]
-        wait_for(lambda: django_jobs(server) == 3, 10, "3 requests queued for Django")
+        futures = [pool.submit(fetch, server.url(path)) for path in paths]
+        if mode == "thread":
+            wait_for(lambda: django_jobs(server) == 3, 10, "3 requests queued for Django")
+        else:
+            time.sleep(0.5)  # running: the loop read it at once (/-/health would wait for it)
         server.signal(signal.SIGTERM)
-        wait_for(lambda: "draining: SIGTERM" in server.log(), 5, "the drain to begin")
+        wait_for(lambda: "draining: SIGTERM" in server.log(), 2, "the drain to begin")
         started = time.monotonic()
         server.signal(signal.SIGTERM)
         code = exit_code(server, 5)
@@ -155,16 +201,22 @@ def test_second_sigterm_exits_at_once_with_code_3_naming_the_unfinished_requests
     assert exited_after < 1.0
     assert all(isinstance(r, Exception) for r in results)  # cut off: their worker is gone
     log = server.log()
-    assert "second signal (SIGTERM): exiting with 3 unfinished request(s)" in log
-    for path in ("GET /test/slow?s=5", "GET /test/slow?s=6", "GET /test/slow?s=7"):
-        assert path in log
+    assert f"second signal (SIGTERM): exiting with {len(paths)} unfinished request(s)" in log
+    for path in paths:
+        assert f"GET {path}" in log
 
 
-def test_graceful_timeout_expiry_exits_3_naming_the_unfinished_request(start_server: Start) -> None:
-    server = start_server(None, "--graceful_timeout=0.5")
+@pytest.mark.parametrize("mode", ["inline", "thread"])
+def test_graceful_timeout_expiry_exits_3_naming_the_unfinished_request(
+    start_server: Start, mode: str
+) -> None:
+    server = start_server(None, "--graceful_timeout=0.5", f"--django_mode={mode}")
     with ThreadPoolExecutor(max_workers=1) as pool:
         future = pool.submit(fetch, server.url("/test/slow?s=10"))
-        wait_for(lambda: django_jobs(server) == 1, 10, "the slow request to run")
+        if mode == "thread":
+            wait_for(lambda: django_jobs(server) == 1, 10, "the slow request to run")
+        else:
+            time.sleep(0.5)  # /-/health would wait for the request: give the loop time to read it
         started = time.monotonic()
         server.signal(signal.SIGTERM)
         code = exit_code(server, 5)
@@ -180,7 +232,8 @@ def test_graceful_timeout_expiry_exits_3_naming_the_unfinished_request(start_ser
 
 
 def test_full_queue_answers_503_with_retry_after_at_once(start_server: Start) -> None:
-    server = start_server(None, "--max_queue=2")
+    # --django_mode=thread only: inline, nothing is read while a request runs (README).
+    server = start_server(None, "--django_mode=thread", "--max_queue=2")
 
     def slow(_: int) -> tuple[int, float, requests.Response]:
         started = time.monotonic()
@@ -270,7 +323,9 @@ def test_request_head_over_max_header_size_gets_431_and_the_connection_closes(
 
 
 def test_date_header_on_200_400_404_413_431_503_and_head(start_server: Start) -> None:
-    server = start_server(None, "--max_body_size=100", "--max_header_size=4096", "--max_queue=1")
+    server = start_server(
+        None, "--django_mode=thread", "--max_body_size=100", "--max_header_size=4096", "--max_queue=1"
+    )
     responses = {
         "200": server.get("/test/client"),
         "404": server.get("/no/such/page"),
@@ -626,12 +681,14 @@ def test_inline_mode_sigterm_during_a_request_finishes_it_then_exits_0(start_ser
         slow = pool.submit(fetch, server.url("/test/slow?s=1.5"))
         time.sleep(0.5)
         server.signal(signal.SIGTERM)
+        # Acted on in the middle of the request, though the loop is inside it.
+        wait_for(lambda: "draining: SIGTERM" in server.log(), 0.8, "the drain to begin mid-request")
+        assert not slow.done()
         response = slow.result()
-    # The signal is handled once the loop is free again, i.e. after this response
-    # went out (so it does not say Connection: close); then the drain runs as usual.
     assert isinstance(response, requests.Response) and response.status_code == 200
+    assert response.headers["Connection"] == "close"  # the client is told to go elsewhere
     assert exit_code(server, 20) == 0
-    assert "draining: SIGTERM" in server.log() and "stopped cleanly" in server.log()
+    assert "stopped cleanly" in server.log()
 
 
 def test_inline_mode_feeds_the_systemd_watchdog_while_a_request_runs(
@@ -651,3 +708,26 @@ def test_inline_mode_feeds_the_systemd_watchdog_while_a_request_runs(
         assert not slow.done(), "the request ended before the pings were counted"
         assert time.monotonic() - started < 1.5
         assert slow.result().status_code == 200  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("event_loop", ["uvloop", "asyncio"])
+def test_inline_mode_keeps_django_state_per_thread_not_per_client_connection(
+    start_server: Start, app_db: tuple[Any, str], app_db_url: str, event_loop: str
+) -> None:
+    # Django keeps its connections in contextvars; on the loop thread every client
+    # connection's callbacks run in a context of their own. The stock backend with
+    # CONN_MAX_AGE=None must still see one persistent connection, as on a thread.
+    mysql, name = app_db
+    before = len(mysql.sessions_on(name))
+    server = start_server(
+        app_db_url,
+        "--django_mode=inline",
+        f"--event_loop={event_loop}",
+        env={"DATABASE_POOL": "0", "DATABASE_CONN_MAX_AGE": "none"},
+    )
+    note = server.post("/api/notes", json={"text": "stock"}).json()
+    for _ in range(10):  # each on a client connection of its own
+        r = requests.get(server.url(f"/api/notes/{note['id']}"), timeout=10)
+        assert r.status_code == 200 and r.json()["text"] == "stock"
+        assert server.get("/-/health").status_code == 200  # its database check runs in a task
+    assert len(mysql.sessions_on(name)) - before == 1
