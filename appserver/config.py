@@ -193,7 +193,8 @@ SETTINGS: tuple[Setting, ...] = (
         "max_queue",
         int,
         64,
-        "requests allowed to wait for the Django thread; beyond that: 503 with Retry-After",
+        "requests allowed to wait for the Django thread; beyond that: 503 with Retry-After "
+        "(--django_mode=thread only)",
         "N",
         _positive,
     ),
@@ -243,7 +244,7 @@ SETTINGS: tuple[Setting, ...] = (
         "health_timeout",
         float,
         2.0,
-        "seconds /-/health waits for the database check before answering 503",
+        "seconds /-/health waits for the database check before answering 503 (--django_mode=thread only)",
         "SECONDS",
         _positive,
     ),
@@ -276,11 +277,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "django_mode",
         str,
-        "thread",
-        "where Django runs: thread (a Django thread of its own; the IOLoop stays free to answer "
-        "/-/health, queue and refuse requests while a request runs) or inline (on the IOLoop "
-        "thread, the classic single-threaded recipe: less CPU per request, but nothing else is "
-        "answered while a request runs; see the README, 'Django on the IOLoop thread')",
+        "inline",
+        "where Django runs: inline (on the IOLoop thread, the classic single-threaded recipe; "
+        "the least CPU per request, but /-/health and /-/metrics wait for a running request and "
+        "--max_queue has no effect) or thread (a Django thread of its own; the IOLoop stays free "
+        "to answer /-/health, queue and refuse requests while a request runs); see the README, "
+        "'Where Django runs'",
         "MODE",
         _django_mode,
     ),

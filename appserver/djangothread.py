@@ -1,23 +1,25 @@
-"""The one thread of a worker process that runs Django.
+"""Where a worker runs Django: on the IOLoop thread, or on a thread of its own.
 
 Django refuses database calls on a thread with a running event loop, and keeps
-its connections per thread. So every piece of Django code of a worker, from
-``django.setup()`` to the last ``close()``, runs here, one job at a time,
-while the IOLoop thread keeps reading requests, answering ``/-/health`` and
-writing responses.
+its per-thread state (its connections) in context variables. Every piece of
+Django code of a worker, from ``django.setup()`` to the last ``close()``, goes
+through one :class:`DjangoRunner`, one job at a time:
 
-The hand-off is a plain queue one way and ``call_soon_threadsafe`` the other:
-one thread switch per request, no executor futures. Results finished while
-the loop has not yet picked up the previous ones ride along with them: one
-wake-up of the loop delivers all of them, in order.
-
-``--django_mode=inline`` (:class:`InlineDjango`) is the classic single-threaded
-recipe instead: Django runs on the IOLoop thread itself, with the running loop
-hidden from Django's async-safety check for the duration of each call. No
-hand-off, no second thread touching the same objects (CPython 3.11 keeps
-reference counts in the objects, so two threads taking turns on two cores pass
-cache lines back and forth); the price is that nothing else on the loop runs
-while Django does (the README's 'Django on the IOLoop thread' has the table).
+* :class:`InlineDjango` (``--django_mode=inline``, the default) is the classic
+  single-threaded recipe: Django runs on the IOLoop thread itself, with the
+  running loop hidden from Django's async-safety check for the duration of
+  each call, and every call made in one ``contextvars.Context``. No hand-off,
+  no second thread touching the same objects (CPython 3.11 keeps reference
+  counts in the objects, so two threads taking turns on two cores pass cache
+  lines back and forth); the price is that nothing else on the loop runs while
+  Django does (the README's 'Where Django runs' has the table).
+* :class:`DjangoThread` (``--django_mode=thread``) is one dedicated thread,
+  while the IOLoop thread keeps reading requests, answering ``/-/health`` and
+  writing responses. The hand-off is a plain queue one way and
+  ``call_soon_threadsafe`` the other: one thread switch per request, no
+  executor futures. Results finished while the loop has not yet picked up the
+  previous ones ride along with them: one wake-up of the loop delivers all of
+  them, in order.
 """
 
 from __future__ import annotations

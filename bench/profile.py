@@ -7,9 +7,10 @@ one after the other, so that a drifting machine hits both alike:
 
 * the worker under load: CPU per request (user and system time from
   ``/proc/<pid>/task/*/stat``) of its IOLoop thread, which reads requests,
-  builds environs, writes responses and the access log, and of its other
-  threads (the Django thread: Django, djpool, the MySQL client), with their
-  voluntary context switches per request;
+  builds environs, writes responses and the access log (and, in the default
+  ``--django_mode=inline``, runs Django too), and of its other threads (with
+  ``--django-mode=thread``, the Django thread: Django, djpool, the MySQL
+  client), with their voluntary context switches per request;
 * the in-process ceiling: the same Django application, loaded the way the
   worker loads it (``appserver.worker.load_application``: same settings, the
   connection held between requests) and called through the server's own
@@ -63,8 +64,9 @@ class ThreadTimes:
 def thread_times(pid: int) -> tuple[ThreadTimes, ThreadTimes]:
     """(the main thread, all other threads) of process ``pid``, from /proc.
 
-    The other threads are the Django thread and the stuck-request watcher, which
-    wakes once a second and costs nothing measurable beside it.
+    The other threads are the Django thread (``--django_mode=thread``) and the
+    stuck-request watcher, which wakes once a second and costs nothing
+    measurable beside it.
     """
     main, others = ThreadTimes(), ThreadTimes()
     for task in Path(f"/proc/{pid}/task").iterdir():
@@ -200,21 +202,30 @@ def report(rounds: list[Round], args: argparse.Namespace, elapsed: float) -> str
 
     worker, ceiling = med("worker_us"), med("inprocess_us")
     beyond = statistics.median(r.worker_us - r.inprocess_us for r in rounds)
+    if args.django_mode == "inline":
+        main_thread = "IOLoop thread (HTTP, environ, Django, djpool, MySQL client, responses, access log)"
+        others = "other threads (the stuck-request watcher)"
+        share = f"(the IOLoop thread: {med('loop_us') / ceiling:.2f} × the ceiling)"
+    else:
+        main_thread = "IOLoop thread (HTTP, environ, responses, access log, hand-off)"
+        others = "Django thread (Django, djpool, MySQL client)"
+        share = f"(the Django thread alone: {med('django_us') / ceiling:.2f} × the ceiling)"
     return "\n".join(
         [
             f"# Profile of one worker, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
             "",
-            f"wrk -c{args.connections} straight at one worker (no nginx) on GET /api/notes/<id>, "
+            f"wrk -c{args.connections} straight at one worker (no nginx, `--django_mode={args.django_mode}`) "
+            "on GET /api/notes/<id>, "
             f"{len(rounds)} rounds × {args.seconds:g} s, each followed by Django called in-process "
             f"for as long; medians. Took {elapsed:.0f} s. Worker throughput {med('rps'):.0f} req/s.",
             "",
             "| where | CPU µs/request | user | system | voluntary switches/request |",
             "|---|---|---|---|---|",
-            f"| IOLoop thread (HTTP, environ, responses, access log, hand-off) | {med('loop_us'):.0f} | "
+            f"| {main_thread} | {med('loop_us'):.0f} | "
             f"{med('loop_user_us'):.0f} | {med('loop_system_us'):.0f} | {med('loop_switches'):.2f} |",
-            f"| Django thread (Django, djpool, MySQL client) | {med('django_us'):.0f} | "
+            f"| {others} | {med('django_us'):.0f} | "
             f"{med('django_user_us'):.0f} | {med('django_system_us'):.0f} | {med('django_switches'):.2f} |",
-            f"| worker, both threads | {worker:.0f} | | | |",
+            f"| worker, all threads | {worker:.0f} | | | |",
             f"| Django in-process, no HTTP, one thread (the ceiling) | {ceiling:.0f} | "
             f"{med('inprocess_user_us'):.0f} | {med('inprocess_system_us'):.0f} | |",
             f"| beyond the ceiling (worker − in-process, per round) | {beyond:.0f} | | | |",
@@ -222,7 +233,7 @@ def report(rounds: list[Round], args: argparse.Namespace, elapsed: float) -> str
             f"Errors (non-2xx answers and socket errors): {sum(r.errors for r in rounds)}.",
             "",
             f"The worker spends {beyond / worker:.0%} of its CPU per request beyond Django's own cost "
-            f"(the Django thread alone: {med('django_us') / ceiling:.2f} × the ceiling).",
+            f"{share}.",
             "",
         ]
     )
@@ -275,6 +286,12 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--py-spy", action="store_true", help="also record a flame graph (profile.svg)")
     parser.add_argument(
+        "--django-mode",
+        choices=("inline", "thread"),
+        default="inline",
+        help="the worker's --django_mode (default inline, the server's default)",
+    )
+    parser.add_argument(
         "--database-url",
         help="use this MySQL server (a database is created and dropped there) instead of a throwaway MariaDB",
     )
@@ -292,7 +309,7 @@ def main() -> int:
         url = f"http://127.0.0.1:{port}{path}"
         with tempfile.TemporaryFile() as log:
             worker = subprocess.Popen(
-                [PYTHON, "server.py", f"--port={port}"],
+                [PYTHON, "server.py", f"--port={port}", f"--django_mode={args.django_mode}"],
                 cwd=ROOT,
                 env=env,
                 stdout=log,
@@ -308,7 +325,7 @@ def main() -> int:
                     r = rounds[-1]
                     print(
                         f"round {round_no}: {r.rps:.0f} req/s, {r.errors} errors; worker {r.worker_us:.0f} "
-                        f"µs/req (IOLoop {r.loop_us:.0f}, Django thread {r.django_us:.0f}); "
+                        f"µs/req (IOLoop thread {r.loop_us:.0f}, other threads {r.django_us:.0f}); "
                         f"in-process {r.inprocess_us:.0f}",
                         flush=True,
                     )

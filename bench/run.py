@@ -91,8 +91,8 @@ BACKENDS = (
     ),
     # Optional (--backends A,B,C,T): the product on Tornado's own HTTP/1.1 layer.
     Backend("T", "this server + djpool, --http=tornado", {}, "server", ("--http=tornado",)),
-    # Optional (--backends A,B,C,I): the product with Django on the IOLoop thread.
-    Backend("I", "this server + djpool, --django_mode=inline", {}, "server", ("--django_mode=inline",)),
+    # Optional (--backends A,B,C,D): the product with Django on a thread of its own.
+    Backend("D", "this server + djpool, --django_mode=thread", {}, "server", ("--django_mode=thread",)),
 )
 DEFAULT_BACKENDS = "A,B,C"
 
@@ -429,7 +429,7 @@ def chart(
 
     endpoints = ("GET /api/notes/<id>", "POST /api/notes")
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    colors = {"A": "#2a7ab0", "B": "#999999", "C": "#d08030", "T": "#8fbfe0", "I": "#1f5a3a"}
+    colors = {"A": "#2a7ab0", "B": "#999999", "C": "#d08030", "T": "#8fbfe0", "D": "#1f5a3a"}
     for ax, metric, title in (
         (axes[0], "rps", "throughput (req/s, higher is better)"),
         (axes[1], "cpu_us", "backend CPU per request (µs, lower is better)"),
@@ -467,7 +467,7 @@ def main() -> int:
         "--backends",
         default=DEFAULT_BACKENDS,
         help="comma-separated backends to run; A, B and C are always included "
-        "(T = this server on --http=tornado, I = this server with --django_mode=inline)",
+        "(T = this server on --http=tornado, D = this server with --django_mode=thread)",
     )
     parser.add_argument(
         "--database-url",

@@ -109,7 +109,9 @@ def test_health_is_503_when_the_database_is_unreachable(start_server: Start) -> 
 
 
 def test_health_answers_while_django_is_busy(start_server: Start, app_db_url: str) -> None:
-    server = start_server(app_db_url)
+    # --django_mode=thread: the IOLoop stays free while Django works (inline: see
+    # test_inline_mode_health_waits_for_the_running_request in test_production).
+    server = start_server(app_db_url, "--django_mode=thread")
     assert server.get("/-/health").status_code == 200
     slow = threading.Thread(target=lambda: requests.get(server.url("/test/slow?s=3"), timeout=10))
     slow.start()
