@@ -101,6 +101,8 @@ class Worker:
             self.max_requests = options.max_requests + random.randint(0, options.max_requests_jitter)
         self._stop = asyncio.Event()
         self._watcher_stop = threading.Event()
+        #: Set when the drain begins, so that the watcher thread starts timing it.
+        self._watcher_wake = threading.Event()
         self._signals = 0
         #: monotonic() by which the drain must be over (set when it begins).
         self._drain_deadline = 0.0
@@ -171,9 +173,7 @@ class Worker:
         interval = systemd.watchdog_interval()
         if interval:
             watchdogs.append(self._systemd_watchdog(interval))
-        threading.Thread(
-            target=self._watch_stuck_requests, args=(interval,), name="stuck-watch", daemon=True
-        ).start()
+        threading.Thread(target=self._watch, args=(interval,), name="watcher", daemon=True).start()
         tasks = [asyncio.ensure_future(w) for w in watchdogs]
         logger.info(
             "listening on http://%s:%d/ (pid %d, Django settings %s)",
@@ -187,6 +187,7 @@ class Worker:
         systemd.notify(f"STOPPING=1\nSTATUS=draining: {self._stop_reason}")
         code = await self._drain(server, frontend)
         self._watcher_stop.set()
+        self._watcher_wake.set()
         for task in tasks:
             task.cancel()
         return code
@@ -219,22 +220,35 @@ class Worker:
         if self.max_requests and count >= self.max_requests and not self.draining:
             self.begin_drain(f"served {count} requests (--max_requests)")
 
-    def _watch_stuck_requests(self, watchdog_interval: float | None) -> None:
-        """Log the Django stack of a request running past --request_timeout (once per request).
+    def _watch(self, watchdog_interval: float | None) -> None:
+        """The watcher thread: stuck requests, and what a blocked loop cannot do.
 
-        A thread of its own: under --django_mode=inline a long request holds the
-        IOLoop, and this must still see it. There it also keeps the systemd
-        watchdog fed while a request runs, as the free IOLoop does in thread mode:
-        a slow request is reported as stuck, not killed.
+        It logs the Django stack of a request running past --request_timeout
+        (once per request). A thread of its own: under --django_mode=inline a
+        long request holds the IOLoop, and this must still see it. There it also
+        keeps the systemd watchdog fed while a request runs, as the free IOLoop
+        does in thread mode (a slow request is reported as stuck, not killed),
+        and ends a drain whose --graceful_timeout passes while the loop is still
+        inside a request.
         """
         limit = self.options.request_timeout
-        feed = watchdog_interval if self.django.inline else None  # thread mode: the loop pings
-        if not limit and not feed:
+        inline = self.django.inline
+        feed = watchdog_interval if inline else None  # thread mode: the loop pings
+        if not limit and not inline:
             return
         period = min(1.0, limit / 4 if limit else 1.0, feed or 1.0)
         reported_since: float | None = None
-        while not self._watcher_stop.wait(period):
+        while not self._watcher_stop.is_set():
+            if not self.draining:
+                if self._watcher_wake.wait(period):
+                    continue  # the drain began: time it from now on
+            else:
+                left = self._drain_deadline - time.monotonic()
+                self._watcher_stop.wait(min(period, left) if left > 0 else period)
             since = self.django.busy_since
+            if inline and self.draining and since is not None and time.monotonic() >= self._drain_deadline:
+                # The loop is still inside a request and cannot end the drain itself.
+                self._exit_now(f"graceful timeout ({self.options.graceful_timeout:g} s)")
             if since is not None and feed:
                 systemd.notify("WATCHDOG=1")
             if not limit:
@@ -287,17 +301,9 @@ class Worker:
             # closes after it (the one running now included).
             self._server.no_keep_alive = True
         self._stop.set()
-        if self.django.inline and self.django.busy_since is not None:
-            # The loop is inside a request and enforces nothing until it returns.
-            timer = threading.Timer(self.options.graceful_timeout, self._graceful_timeout_while_busy)
-            timer.daemon = True
-            timer.start()
-
-    def _graceful_timeout_while_busy(self) -> None:
-        """Runs on a timer thread (inline mode): the loop may still be stuck in Django."""
-        if self.django.busy_since is not None and self.frontend.in_flight:
-            self._exit_now(f"graceful timeout ({self.options.graceful_timeout:g} s)")
-        # Otherwise the loop is free again and _drain() keeps the same deadline.
+        # Under --django_mode=inline the loop may be inside a request and enforce
+        # nothing until it returns: the watcher thread times the drain too.
+        self._watcher_wake.set()
 
     def _signal_arrived(self, signum: int, frame: object) -> None:
         """SIGTERM / SIGINT, on the main thread between two bytecodes.

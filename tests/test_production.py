@@ -206,11 +206,18 @@ def test_second_sigterm_exits_at_once_with_code_3_naming_the_unfinished_requests
         assert f"GET {path}" in log
 
 
-@pytest.mark.parametrize("mode", ["inline", "thread"])
+@pytest.mark.parametrize(
+    ("mode", "request_timeout"),
+    # Inline, the loop is inside the request: a watcher thread ends the drain, also
+    # when it has no stuck requests to watch for (--request_timeout=0).
+    [("inline", "30"), ("inline", "0"), ("thread", "30")],
+)
 def test_graceful_timeout_expiry_exits_3_naming_the_unfinished_request(
-    start_server: Start, mode: str
+    start_server: Start, mode: str, request_timeout: str
 ) -> None:
-    server = start_server(None, "--graceful_timeout=0.5", f"--django_mode={mode}")
+    server = start_server(
+        None, "--graceful_timeout=0.5", f"--django_mode={mode}", f"--request_timeout={request_timeout}"
+    )
     with ThreadPoolExecutor(max_workers=1) as pool:
         future = pool.submit(fetch, server.url("/test/slow?s=10"))
         if mode == "thread":
