@@ -7,7 +7,8 @@ counterpart in the server (body limit, keep-alive and read timeouts) comes
 from the deploy file's ``[server]`` table or the server's defaults.
 
 Retries: ``proxy_next_upstream error timeout http_503`` sends a request to the
-next worker when one cannot be reached, times out or answers 503 (queue full).
+next worker when one cannot be reached, times out or answers 503 (queue full,
+under ``--django_mode=thread``).
 Without the ``non_idempotent`` flag nginx never resends a POST, PATCH or LOCK
 that it has already sent to a worker, so a POST is never stored twice, and a
 POST on a keep-alive connection that a draining worker closes fails instead
