@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import pytest
 import requests
 
 from tests.support import MariaDB, MySQLServer, ServerProcess, wait_for
@@ -300,11 +301,12 @@ def test_a_transaction_interrupted_by_a_killed_connection_is_rolled_back_and_not
 # -- steady state -------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("mode", ["inline", "thread"])
 def test_10000_requests_use_one_server_side_connection_and_never_reconnect(
-    start_server: Start, app_db: tuple[MySQLServer, str], app_db_url: str
+    start_server: Start, app_db: tuple[MySQLServer, str], app_db_url: str, mode: str
 ) -> None:
     mysql, db = app_db
-    server = start_server(app_db_url)
+    server = start_server(app_db_url, f"--django_mode={mode}")
     first = connection_id(server)
     session = requests.Session()
     url = server.url("/test/connection-id")
@@ -324,13 +326,15 @@ def test_10000_requests_use_one_server_side_connection_and_never_reconnect(
     assert stats["reconnects"] == 0
     assert stats["discarded"] == 0
     assert stats["reuses"] >= 10_000
-    # Between requests the Django thread holds its connection (docs/djpool.md): idle, not in use.
+    # Between requests the thread that runs Django holds its connection (docs/djpool.md):
+    # idle, not in use.
     assert (stats["idle"], stats["in_use"], stats["held"]) == (1, 0, 1)
     print(f"10,000 requests in {elapsed:.1f}s ({10_000 / elapsed:.0f} req/s)")
 
 
+@pytest.mark.parametrize("mode", ["inline", "thread"])
 def test_handing_back_a_clean_connection_sends_no_rollback(
-    start_server: Start, private_app_db: tuple[MariaDB, str, str]
+    start_server: Start, private_app_db: tuple[MariaDB, str, str], mode: str
 ) -> None:
     maria, _, url = private_app_db
     mysql = maria.server
@@ -338,7 +342,7 @@ def test_handing_back_a_clean_connection_sends_no_rollback(
     def rollbacks() -> int:
         return int(mysql.query("SHOW GLOBAL STATUS LIKE 'Com_rollback'")[0][1])
 
-    server = start_server(url)
+    server = start_server(url, f"--django_mode={mode}")
     note = server.post("/api/notes", json={"text": "read many times"}).json()
     start = rollbacks()
     for _ in range(100):

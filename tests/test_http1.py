@@ -1,7 +1,8 @@
 """HTTP/1.1 on the wire, for both implementations (``--http=httptools``, the default, and
 ``--http=tornado``): what a client sees byte for byte, where raw sockets are the only way to
 send it (pipelining, chunked bodies, Expect, HTTP/1.0, smuggling-shaped heads, slow clients).
-The default layer also runs them with ``--django_mode=inline`` (Django on the IOLoop thread).
+The default layer also runs them with ``--django_mode=thread`` (Django on a thread of its own;
+the default is Django on the IOLoop thread).
 
 Where the two differ, the test says what each one answers.
 """
@@ -23,16 +24,16 @@ MAX_BODY = 2000
 BODY_TIMEOUT = 1.0
 
 
-@pytest.fixture(scope="module", params=["httptools", "tornado", "httptools-inline"])
+@pytest.fixture(scope="module", params=["httptools", "tornado", "httptools-thread"])
 def server(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServerProcess]:
-    # httptools-inline: the default layer with Django on the IOLoop thread (--django_mode=inline).
-    layer, _, inline = request.param.partition("-")
+    # httptools-thread: the default layer with Django on a thread of its own (--django_mode=thread).
+    layer, _, mode = request.param.partition("-")
     proc = ServerProcess(
         None,
         f"--http={layer}",
-        *(["--django_mode=inline"] if inline else []),
+        *([f"--django_mode={mode}"] if mode else []),
         f"--max_body_size={MAX_BODY}",
         f"--body_timeout={BODY_TIMEOUT}",
         log_dir=tmp_path_factory.mktemp("http1"),
