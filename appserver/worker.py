@@ -31,6 +31,7 @@ from tornado.netutil import bind_sockets
 from tornado.options import OptionParser
 
 from . import systemd
+from .config import SETTINGS
 from .djangothread import DjangoRunner, DjangoThread, InlineDjango
 from .endpoints import Health, MetricsEndpoint, check_databases
 from .h1 import H1Server
@@ -389,6 +390,16 @@ def run_worker(options: OptionParser) -> int:
         logger.error("%s", exc)
         return 1
     configure_logging(options, worker.port)
+    if options.django_mode == "inline":
+        defaults = {s.name: s.default for s in SETTINGS}
+        for name in ("max_queue", "health_timeout"):
+            if getattr(options, name) != defaults[name]:
+                logger.warning(
+                    "--%s=%s has no effect with Django on the IOLoop thread (--django_mode=inline); "
+                    "it applies to --django_mode=thread",
+                    name,
+                    getattr(options, name),
+                )
     loop_factory = None
     if options.event_loop == "uvloop":
         try:

@@ -738,3 +738,15 @@ def test_inline_mode_keeps_django_state_per_thread_not_per_client_connection(
         assert r.status_code == 200 and r.json()["text"] == "stock"
         assert server.get("/-/health").status_code == 200  # its database check runs in a task
     assert len(mysql.sessions_on(name)) - before == 1
+
+
+def test_thread_mode_settings_given_to_an_inline_worker_are_named_as_without_effect(
+    start_server: Start,
+) -> None:
+    inline = start_server(None, "--max_queue=5", "--health_timeout=1")
+    thread = start_server(None, "--django_mode=thread", "--max_queue=5")
+    assert inline.get("/test/client").status_code == 200
+    assert thread.get("/test/client").status_code == 200
+    for name, value in (("max_queue", "5"), ("health_timeout", "1.0")):
+        assert f"--{name}={value} has no effect with Django on the IOLoop thread" in inline.log()
+    assert "has no effect" not in thread.log()
