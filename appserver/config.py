@@ -51,8 +51,10 @@ def _prefix(value: str) -> str | None:
     return None
 
 
-def _log_format(value: str) -> str | None:
-    return None if value in ("combined", "json", "off") else "must be combined, json or off"
+def _one_of(*choices: str) -> Callable[[str], str | None]:
+    """A validator accepting exactly ``choices`` ("must be a, b or c" otherwise)."""
+    problem = f"must be {', '.join(choices[:-1])} or {choices[-1]}"
+    return lambda value: None if value in choices else problem
 
 
 def _ports(value: str | None) -> str | None:
@@ -109,18 +111,6 @@ def parse_networks(spec: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Netw
             except ValueError:
                 raise ValueError(f"{part!r} is not an IP address or network") from None
     return networks
-
-
-def _http(value: str) -> str | None:
-    return None if value in ("httptools", "tornado") else "must be httptools or tornado"
-
-
-def _django_mode(value: str) -> str | None:
-    return None if value in ("thread", "inline") else "must be thread or inline"
-
-
-def _event_loop(value: str) -> str | None:
-    return None if value in ("uvloop", "asyncio") else "must be uvloop or asyncio"
 
 
 SETTINGS: tuple[Setting, ...] = (
@@ -255,7 +245,7 @@ SETTINGS: tuple[Setting, ...] = (
         "access log lines: combined (Apache-like, plus latency and port), json (every "
         "log line as one JSON object), or off (no access log)",
         "FORMAT",
-        _log_format,
+        _one_of("combined", "json", "off"),
     ),
     Setting(
         "event_loop",
@@ -263,7 +253,7 @@ SETTINGS: tuple[Setting, ...] = (
         "uvloop",
         "asyncio event loop: uvloop (falls back to asyncio if not installed) or asyncio",
         "LOOP",
-        _event_loop,
+        _one_of("uvloop", "asyncio"),
     ),
     Setting(
         "http",
@@ -272,7 +262,7 @@ SETTINGS: tuple[Setting, ...] = (
         "HTTP/1.1 implementation: httptools (llhttp's C parser on the event loop, the fast "
         "default) or tornado (Tornado's own HTTP1Connection, about 200 µs more CPU per request)",
         "IMPL",
-        _http,
+        _one_of("httptools", "tornado"),
     ),
     Setting(
         "django_mode",
@@ -284,7 +274,7 @@ SETTINGS: tuple[Setting, ...] = (
         "to answer /-/health, queue and refuse requests while a request runs); see the README, "
         "'Where Django runs'",
         "MODE",
-        _django_mode,
+        _one_of("inline", "thread"),
     ),
     Setting(
         "ports",

@@ -109,7 +109,7 @@ class DjangoRunner:
 
 
 class DjangoThread(DjangoRunner):
-    """A single worker thread fed from the event loop (the default, --django_mode=thread)."""
+    """A single worker thread fed from the event loop (--django_mode=thread)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, name: str = "django") -> None:
         super().__init__(loop)

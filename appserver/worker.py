@@ -1,17 +1,18 @@
-"""One worker process: one port, one IOLoop thread, one Django thread
-(or, with ``--django_mode=inline``, Django on the IOLoop thread itself).
+"""One worker process: one port, one IOLoop thread that runs Django too (or,
+with ``--django_mode=thread``, a Django thread of its own).
 
 Start-up: get the listening socket (inherited with ``--fd``, passed by systemd
 socket activation, or bound on ``--port``: a taken port fails fast and
-clearly), load Django on the Django thread, probe the databases, start
-serving, tell the service manager ``READY=1``.
+clearly), load Django where it runs, probe the databases, start serving, tell
+the service manager ``READY=1``.
 
 Shutdown on SIGTERM or SIGINT, or after ``--max_requests``: tell the manager
-``STOPPING=1``, stop accepting, let every request already read or queued
-finish (up to ``--graceful_timeout``; responses meanwhile carry
-``Connection: close``), close keep-alive connections, hand back and close the
-database connections on the Django thread, exit 0. A second signal, or the
-graceful timeout, exits at once, logging the unfinished requests.
+``STOPPING=1``, serve what waits in the accept queue and stop accepting, let
+every request already read or queued finish (up to ``--graceful_timeout``;
+responses meanwhile carry ``Connection: close``), close keep-alive
+connections, hand back and close the database connections where Django runs,
+exit 0. A second signal, or the graceful timeout, exits at once, logging the
+unfinished requests.
 """
 
 from __future__ import annotations
@@ -340,7 +341,6 @@ class Worker:
 
     async def _drain(self, server: HTTPFront | H1Server, frontend: Frontend) -> int:
         server.stop()  # no new connections; our copy of the listening socket closes
-        server.no_keep_alive = True  # (begin_drain set it already)
         deadline = self._drain_deadline
         quiet_since: float | None = None
         while time.monotonic() < deadline:

@@ -300,6 +300,14 @@ def test_a_bad_flag_value_is_a_clear_error() -> None:
     assert "--port=70000: must be a TCP port" in result.stderr
 
 
+def test_an_unknown_django_mode_is_a_clear_error() -> None:
+    result = subprocess.run(
+        [PYTHON, "server.py", "--django_mode=threads"], cwd=ROOT, capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 2
+    assert "--django_mode='threads': must be inline or thread" in result.stderr
+
+
 def test_config_file_sets_options_and_rejects_unknown_names(tmp_path: Any) -> None:
     bad = tmp_path / "bad.conf"
     bad.write_text("port = 8123\nmax_body_sise = 10\n")
